@@ -1,0 +1,271 @@
+import textwrap
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
+
+from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
+from .gating import DEMONSTRATION_ROW, DROPPED_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
+from .hpt_config import HPTConfig
+
+
+logger = get_logger(__name__)
+
+
+class HPTTrainer(GRPOTrainer):
+    """
+    Trainer for Hybrid Post-Training (HPT).
+
+    HPT ([Towards a Unified View of Large Language Model Post-Training](https://huggingface.co/papers/2509.04419))
+    samples `num_generations` rollouts per prompt and counts the correct ones, `P`. A prompt with `P <= gamma` leaves
+    RL: its rollouts are dropped and one row holding its expert demonstration (the prompt's tokens, the demonstration,
+    EOS) takes their place. The other prompts keep their rollouts and the GRPO loss. Each micro-batch's loss is
+
+        rl_loss_coef * (TRL's loss for `loss_type` over its RL rows)
+        + sft_loss_coef * (token-mean NLL of its demonstration tokens)
+
+    Generation, rewards, logging, PEFT, vLLM and checkpointing are [`~trl.GRPOTrainer`]'s. HPT changes two steps:
+    after scoring (`_generate_and_score_completions`) it gates the prompts, adds the demonstration rows and masks
+    every rollout that left RL out of TRL's tensors; in the loss (`_compute_loss`) TRL's loss runs on the micro-batch
+    as it is (only RL rows carry loss tokens) and the demonstration rows add their NLL. The constructor is
+    [`~trl.GRPOTrainer`]'s, with an [`HPTConfig`] as `args`.
+    """
+
+    _tag_names = ["trl", "hpt"]
+    _name = "HPT"
+    _paper = {
+        "title": "Towards a Unified View of Large Language Model Post-Training",
+        "id": "2509.04419",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{lv2025towards,
+                title        = {{Towards a Unified View of Large Language Model Post-Training}},
+                author       = {Xingtai Lv and Yuxin Zuo and Youbang Sun and Hongyi Liu and Yuntian Wei and Zhekai Chen and Lixuan He and Xuekai Zhu and Kaiyan Zhang and Bingning Wang and Ning Ding and Bowen Zhou},
+                year         = 2025,
+                eprint       = {arXiv:2509.04419},
+            }"""),
+    }
+
+    def __init__(self, model, reward_funcs=None, args: HPTConfig | None = None, train_dataset=None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = HPTConfig(f"{model_name.split('/')[-1]}-HPT")
+        elif not isinstance(args, HPTConfig):
+            kind = "GRPOConfig" if isinstance(args, GRPOConfig) else type(args).__name__
+            raise TypeError(
+                f"HPTTrainer needs an HPTConfig as `args`, got a {kind}. Build `HPTConfig(...)` with the same "
+                "arguments: it accepts every GRPOConfig field and adds gamma, sft_loss_coef and the others."
+            )
+        # Cheap checks on the data first, so a bad dataset fails before the model is even loaded.
+        if args.gamma >= 0 and train_dataset is not None:
+            validate_demonstration_column(train_dataset, args.demonstration_column)
+
+        super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+
+        self.gamma = args.gamma
+        self.gate_reward_index = self._resolve_gate_reward(args.gate_reward)
+        if self.gamma >= 0 and self._is_vlm:
+            raise NotImplementedError(
+                "HPTTrainer does not support vision-language models yet: set gamma=-1 to train them with GRPO."
+            )
+        if self.gamma >= 0 and self._tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token, which HPT appends to every demonstration: set one.")
+        self._gate_rewards = None
+        self._warned_truncation = False
+
+    def _resolve_gate_reward(self, gate_reward: str | int) -> int:
+        names = self.reward_func_names
+        if isinstance(gate_reward, int):
+            if gate_reward >= len(names):
+                raise ValueError(
+                    f"gate_reward={gate_reward} but there are {len(names)} reward functions {names}: set gate_reward "
+                    "to the index or name of the one that says whether a rollout is correct."
+                )
+            return gate_reward
+        if gate_reward not in names:
+            raise ValueError(
+                f"gate_reward={gate_reward!r} names no reward function; the reward functions are {names}. Set "
+                "gate_reward to one of these names or to an index."
+            )
+        return names.index(gate_reward)
+
+    def _set_signature_columns_if_needed(self):
+        # With `remove_unused_columns=True`, the demonstrations must survive the column pruning.
+        super()._set_signature_columns_if_needed()
+        if self.args.demonstration_column not in self._signature_columns:
+            self._signature_columns.append(self.args.demonstration_column)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # The gate needs every rollout of a group, and a group can straddle processes: keep the gathered rewards.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gate_rewards = rewards_per_func[:, self.gate_reward_index]
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
+        if not self.model.training or self.gamma < 0:
+            output = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                self._log_gate(count_correct_rollouts(self._gate_rewards, self.num_generations, self._threshold))
+            return output
+
+        # Tokenize before generating, so a bad demonstration fails before any compute is spent on its batch.
+        column = self.args.demonstration_column
+        texts = []
+        for row, example in enumerate(inputs):
+            if column not in example:
+                raise ValueError(
+                    f"A training example has no demonstration column '{column}' (keys: {list(example)}). Add it, "
+                    "point `demonstration_column` at the column with the expert solutions, or set gamma=-1."
+                )
+            texts.append(demonstration_text(example[column], column, row))
+        demo_ids, demo_truncated = tokenize_demonstrations(
+            texts, self._tokenizer, self.max_completion_length, column=column
+        )
+
+        output = super()._generate_and_score_completions(inputs)
+
+        correct_counts = count_correct_rollouts(self._gate_rewards, self.num_generations, self._threshold)
+        gated = correct_counts <= self.gamma
+        num_rows = len(inputs)
+        kinds = assign_row_kinds(
+            gated.to(self.accelerator.device),
+            self.num_generations,
+            first_global_row=self.accelerator.process_index * num_rows,
+            num_local_rows=num_rows,
+        )
+        self._swap_in_demonstrations(output, kinds, demo_ids, any_gated=bool(gated.any()))
+
+        is_demo = (kinds == DEMONSTRATION_ROW).tolist()
+        num_truncated = sum(t for t, d in zip(demo_truncated, is_demo, strict=True) if d)
+        num_truncated = int(self.accelerator.reduce(torch.tensor(num_truncated, device=kinds.device), "sum"))
+        if num_truncated and not self._warned_truncation:
+            logger.warning(
+                f"{num_truncated} demonstration(s) of this batch are longer than max_completion_length="
+                f"{self.max_completion_length} tokens (EOS included) and were truncated; the count is logged as "
+                "`hpt/demo_truncated`. Raise max_completion_length or filter long demonstrations.",
+                main_process_only=True,
+            )
+            self._warned_truncation = True
+        self._log_gate(correct_counts, num_truncated=num_truncated)
+        return output
+
+    @property
+    def _threshold(self) -> float:
+        return self.args.correct_threshold
+
+    def _log_gate(self, correct_counts: torch.Tensor, num_truncated: int = 0) -> None:
+        metrics = self._metrics["train"]
+        metrics["hpt/sft_prompt_ratio"].append((correct_counts <= self.gamma).float().mean().item())
+        metrics["hpt/group_accuracy"].append((correct_counts.float() / self.num_generations).mean().item())
+        metrics["hpt/demo_truncated"].append(float(num_truncated))
+
+    def _swap_in_demonstrations(
+        self, output: dict, kinds: torch.Tensor, demo_ids: list[list[int]], any_gated: bool
+    ) -> None:
+        """Add the demonstration tensors to the generation batch and neutralise every rollout that left RL."""
+        device = kinds.device
+        is_demo = kinds == DEMONSTRATION_ROW
+        left_rl = kinds != RL_ROW
+        rows = [torch.tensor(ids if demo else [self._tokenizer.pad_token_id]) for ids, demo in zip(demo_ids, is_demo)]
+        masks = [torch.full((len(ids),), int(demo), dtype=torch.long) for ids, demo in zip(rows, is_demo)]
+        output["demonstration_ids"] = pad(
+            rows, self._tokenizer.pad_token_id, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+        ).to(device)
+        output["demonstration_mask"] = pad(
+            masks, 0, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+        ).to(device)
+        output["hpt_row_kind"] = kinds
+        # 0-dim, so TRL's shuffle and split hand it to every micro-batch. The same on all processes, since the gate
+        # is computed from gathered rewards: every process then runs the same forwards, which DDP and ZeRO-3 need.
+        output["hpt_has_demonstrations"] = torch.tensor(any_gated)
+
+        # Rows that left RL must weigh nothing in anything TRL computes from the batch (loss, KL, importance
+        # sampling, metrics), whatever their rollout tensors held.
+        output["completion_mask"] = output["completion_mask"].masked_fill(left_rl.unsqueeze(1), 0)
+        output["advantages"] = output["advantages"].masked_fill(left_rl, 0.0)
+        if "tool_mask" in output:
+            output["tool_mask"] = output["tool_mask"].masked_fill(left_rl.unsqueeze(1), 0)
+        for key in ("old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps"):
+            if output.get(key) is not None:
+                output[key] = output[key].masked_fill(left_rl.unsqueeze(1), 0.0)
+        if output.get("importance_sampling_ratio") is not None:
+            output["importance_sampling_ratio"] = output["importance_sampling_ratio"].masked_fill(
+                left_rl.unsqueeze(1), 1.0
+            )
+        loss_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            loss_mask = loss_mask * output["tool_mask"]
+        # dapo/cispo/vespo normalise by the loss tokens of the whole generation batch: count the RL rows' only.
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+    def _compute_loss(self, model, inputs):
+        if "hpt_row_kind" not in inputs:  # evaluation, or gamma = -1: plain GRPO
+            return super()._compute_loss(model, inputs)
+
+        kinds = inputs["hpt_row_kind"]
+        batch_size = kinds.size(0)
+        has_rl = bool((kinds == RL_ROW).any())
+        demo_rows = (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1)
+
+        # The RL term is TRL's loss on the whole micro-batch, where only RL rows carry loss tokens (the others were
+        # neutralised at generation). Keeping every row keeps TRL's per-row metric gathers the same size on every
+        # process, and its per-row normalisers constant, as in the authors' code (token sum / max length).
+        metrics = self._metrics["train"]
+        logged_before = {key: len(values) for key, values in metrics.items()}
+        rl_loss = super()._compute_loss(model, inputs)
+        loss = self.args.rl_loss_coef * rl_loss
+
+        accumulation = self.current_gradient_accumulation_steps
+        stats = [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=kinds.device)]
+        if bool(inputs["hpt_has_demonstrations"]):
+            # DDP broadcasts buffers and ZeRO-3 gathers parameters on every forward, so all processes must run
+            # this one too: a micro-batch without demonstrations runs it on a fully masked row (zero loss).
+            rows = demo_rows if demo_rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=kinds.device)
+            nll_sum, num_tokens = self._demonstration_nll(model, select_rows(inputs, rows, batch_size))
+            sft_loss = nll_sum / num_tokens.clamp(min=1)
+            loss = loss + self.args.sft_loss_coef * sft_loss / accumulation
+            stats += [nll_sum.detach(), num_tokens.detach().float()]
+
+        totals = self.accelerator.reduce(torch.stack(stats), reduction="sum")
+        if totals[1] > 0:
+            metrics["hpt/rl_loss"].append((totals[0] / totals[1]).item())
+        else:
+            # No process had an RL row: TRL's metrics of this micro-batch (entropy, clip ratios) describe only
+            # masked rows, so they are withdrawn rather than averaged in as zeros.
+            for key in list(metrics):
+                del metrics[key][logged_before.get(key, 0) :]
+        if len(totals) > 2 and totals[3] > 0:
+            metrics["hpt/sft_loss"].append((totals[2] / totals[3]).item())
+        return loss
+
+    def _demonstration_nll(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood (at temperature 1) of the demonstration tokens of `batch`, and their count."""
+        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+        demo_ids, demo_mask = batch["demonstration_ids"], batch["demonstration_mask"]
+        # Drop the padding columns these rows share, so a short demonstration batch does not pay for long rollouts.
+        first_prompt_column = int(prompt_mask.any(dim=0).int().argmax())
+        demo_width = max(int(demo_mask.sum(dim=1).max()), 1)
+        prompt_ids, prompt_mask = prompt_ids[:, first_prompt_column:], prompt_mask[:, first_prompt_column:]
+        demo_ids, demo_mask = demo_ids[:, :demo_width], demo_mask[:, :demo_width]
+
+        input_ids = torch.cat([prompt_ids, demo_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, demo_mask], dim=1)
+        logps = self._logps_at_unit_temperature(model, input_ids, attention_mask, demo_width)
+        return -(logps * demo_mask).sum(), demo_mask.sum()
+
+    def _logps_at_unit_temperature(self, model, input_ids, attention_mask, logits_to_keep):
+        if self.temperature == 1.0:
+            # TRL's own (fused, chunked) path: the demonstration log-probs are exactly the policy's.
+            logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)
+            return logps
+        # TRL's fused head divides by the sampling temperature; SFT is the NLL of the model's own distribution.
+        with self.accelerator.autocast():
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1
+            ).logits
+        return selective_log_softmax(logits[:, :-1].float(), input_ids[:, -logits_to_keep:])
+
+
+__all__ = ["HPTTrainer", "DEMONSTRATION_ROW", "DROPPED_ROW", "RL_ROW"]

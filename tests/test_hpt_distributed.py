@@ -1,0 +1,46 @@
+"""Two CPU processes (gloo): a prompt group straddling the processes is gated exactly as in one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).parent / "scripts" / "gate_across_processes.py"
+
+
+def run(command, tmp_path, name):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / f"{name}.log"
+    with log.open("w") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=300)
+    assert result.returncode == 0, log.read_text()[-4000:]
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_gate_like_one(tiny_model_dir, tmp_path):
+    one = run([sys.executable, str(SCRIPT), tiny_model_dir, str(tmp_path / "one.json")], tmp_path, "one")
+    two = run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(SCRIPT), tiny_model_dir, str(tmp_path / "two.json")],
+        tmp_path,
+        "two",
+    )
+    # `accelerate launch --cpu --num_processes 2` and MULTI_CPU configs silently run one process: check it is two.
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    (single,) = one["runs"]
+    first, second = sorted(two["runs"], key=lambda run: run["process"])
+    straddling_kinds = set()
+    for whole, left, right in zip(single["batches"], first["batches"], second["batches"], strict=True):
+        assert left["pids"] + right["pids"] == whole["pids"], "both runs must see the same rows in the same order"
+        assert left["kinds"] + right["kinds"] == whole["kinds"]
+        straddler = left["pids"][-1]
+        assert right["pids"][0] == straddler
+        straddling_kinds.add("gated" if straddler % 2 else "rl")
+    # A straddling all-correct group (P = 4 > gamma = 2) would be gated if each process counted only its own half;
+    # a straddling all-wrong group must put its one demonstration on exactly one process. Both cases occur.
+    assert straddling_kinds == {"gated", "rl"}

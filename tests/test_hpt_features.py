@@ -1,0 +1,198 @@
+"""GRPOTrainer features that must keep working under HPT: LoRA, a reference model, vLLM's extra tensors,
+rollout reuse (num_iterations), other temperatures, the authors' dataset schema and the model card."""
+
+import pytest
+import torch
+from hpt_testing import (
+    length_parity_reward,
+    make_config,
+    make_dataset,
+    odd_prompts_wrong,
+    parameters,
+    record_generation_batches,
+)
+from transformers import AutoModelForCausalLM
+
+from hpt_trl import HPTTrainer
+from hpt_trl.gating import DEMONSTRATION_ROW, RL_ROW, select_rows
+
+
+def mixed_reward(completions, pid, **kwargs):
+    """Odd prompts all wrong (gated); even prompts keep a reward spread, so the RL term is non-zero."""
+    parity = length_parity_reward(completions)
+    return [0.0 if p % 2 else r for p, r in zip(pid, parity, strict=True)]
+
+
+def train_and_check_both_terms(trainer):
+    batches = record_generation_batches(trainer)
+    before = parameters(trainer.model)
+    trainer.train()
+    after = parameters(trainer.model)
+    changed = [name for name in after if not torch.equal(before[name], after[name])]
+    logs = {key for log in trainer.state.log_history for key in log}
+    assert {"hpt/sft_loss", "hpt/rl_loss"} <= logs
+    return batches, changed
+
+
+def test_lora_trains_only_the_adapter(tiny_model_dir, tmp_path):
+    from peft import LoraConfig
+
+    args = make_config(tmp_path, gamma=0, max_completion_length=24)
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = HPTTrainer(
+        tiny_model_dir, mixed_reward, args=args, train_dataset=make_dataset(), peft_config=peft_config
+    )
+    _, changed = train_and_check_both_terms(trainer)
+    assert changed and all("lora" in name for name in changed)
+
+
+def test_reference_model_and_kl(tiny_model_dir, tmp_path):
+    args = make_config(tmp_path, gamma=0, beta=0.1, max_completion_length=24, per_device_train_batch_size=16)
+    trainer = HPTTrainer(tiny_model_dir, mixed_reward, args=args, train_dataset=make_dataset())
+    assert trainer.ref_model is not None
+    batches, changed = train_and_check_both_terms(trainer)
+    assert changed
+    assert any("kl" in log for log in trainer.state.log_history)
+    for batch in batches:
+        left = batch["hpt_row_kind"] != RL_ROW
+        assert torch.all(batch["ref_per_token_logps"][left] == 0), "gated rows carry no reference log-probs"
+
+
+def test_num_iterations_reuses_demonstrations_with_old_logps(tiny_model_dir, tmp_path):
+    args = make_config(
+        tmp_path, gamma=0, num_iterations=2, max_steps=4, max_completion_length=24, per_device_train_batch_size=16
+    )
+    trainer = HPTTrainer(tiny_model_dir, mixed_reward, args=args, train_dataset=make_dataset())
+    batches, changed = train_and_check_both_terms(trainer)
+    assert changed
+    assert len(batches) == 2, "each generation batch is used for two optimizer steps"
+    for batch in batches:
+        assert batch["old_per_token_logps"] is not None
+        left = batch["hpt_row_kind"] != RL_ROW
+        assert torch.all(batch["old_per_token_logps"][left] == 0)
+
+
+def test_vllm_fields_of_gated_rows_are_neutralised(tiny_model_dir, tmp_path):
+    """A generation batch carrying what vLLM mode adds: whatever the rows that left RL held, the loss is the same."""
+    args = make_config(tmp_path, gamma=0, beta=0.1, max_completion_length=16, per_device_train_batch_size=16)
+    trainer = HPTTrainer(tiny_model_dir, mixed_reward, args=args, train_dataset=make_dataset())
+    swaps = []
+    swap = trainer._swap_in_demonstrations
+
+    def recording(output, *args, **kwargs):
+        swaps.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()}, args, kwargs))
+        return swap(output, *args, **kwargs)
+
+    trainer._swap_in_demonstrations = recording
+    trainer.train()
+    trainer.model.train()
+    # vLLM mode adds sampling log-probs, old log-probs and the importance-sampling ratio; turn its correction on.
+    trainer.use_vllm = True
+    trainer.vllm_importance_sampling_correction = True
+    trainer.vllm_importance_sampling_mode = "token_truncate"
+    raw, swap_args, swap_kwargs = swaps[-1]
+    kinds = swap_args[0]
+    assert (kinds == DEMONSTRATION_ROW).any() and (kinds == RL_ROW).any()
+    assert raw["advantages"][kinds == RL_ROW].abs().sum() > 0
+    size, width = raw["completion_ids"].shape
+    raw["sampling_per_token_logps"] = torch.full((size, width), -1.0)
+    raw["old_per_token_logps"] = raw["ref_per_token_logps"].clone()
+    raw["importance_sampling_ratio"] = torch.full((size, width), 1.5)
+
+    def loss_after_swap(output):
+        output = dict(output)
+        swap(output, *swap_args, **swap_kwargs)
+        return trainer._compute_loss(trainer.model, output), output
+
+    reference, _ = loss_after_swap(raw)
+    poisoned = dict(raw)
+    left = (kinds != RL_ROW).unsqueeze(1)
+    for key, value in (
+        ("sampling_per_token_logps", float("nan")),
+        ("importance_sampling_ratio", float("inf")),
+        ("old_per_token_logps", float("-inf")),
+        ("ref_per_token_logps", float("nan")),
+    ):
+        poisoned[key] = raw[key].masked_fill(left, value)
+    poisoned["advantages"] = raw["advantages"].masked_fill(kinds != RL_ROW, float("nan"))
+    poisoned_loss, swapped = loss_after_swap(poisoned)
+    assert torch.isfinite(poisoned_loss)
+    torch.testing.assert_close(poisoned_loss, reference)
+    assert torch.all(swapped["importance_sampling_ratio"][kinds != RL_ROW] == 1.0)
+    for key in ("sampling_per_token_logps", "old_per_token_logps", "ref_per_token_logps", "completion_mask"):
+        assert torch.all(swapped[key][kinds != RL_ROW] == 0), key
+
+    # And the RL rows do see the vLLM correction: raising the ratio of the positive-advantage rows changes the loss.
+    boosted = dict(raw)
+    positive = (raw["advantages"] > 0).unsqueeze(1)
+    boosted["importance_sampling_ratio"] = torch.where(positive, 3.0, raw["importance_sampling_ratio"])
+    assert not torch.allclose(loss_after_swap(boosted)[0], reference)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_demonstration_log_probs_are_the_models_own_at_temperature_one(tiny_model_dir, tmp_path, temperature):
+    args = make_config(
+        tmp_path,
+        gamma=0,
+        max_steps=1,
+        temperature=temperature,
+        max_completion_length=32,
+        per_device_train_batch_size=32,
+    )
+    trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+    batches = record_generation_batches(trainer)
+    trainer.train()
+    batch = {k: v for k, v in batches[0].items() if k != "pids"}
+    kinds = batch["hpt_row_kind"]
+    demo = select_rows(batch, (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1), kinds.size(0))
+    trainer.model.eval()
+    with torch.no_grad():
+        nll, num_tokens = trainer._demonstration_nll(trainer.model, demo)
+        # Independently: the plain forward of the same weights, log-softmax at temperature 1, per row.
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        model.load_state_dict(trainer.model.state_dict())
+        expected_nll, expected_tokens = 0.0, 0
+        for prompt, prompt_mask, ids, mask in zip(
+            demo["prompt_ids"], demo["prompt_mask"], demo["demonstration_ids"], demo["demonstration_mask"], strict=True
+        ):
+            prompt, ids = prompt[prompt_mask.bool()], ids[mask.bool()]
+            full = torch.cat([prompt, ids]).unsqueeze(0)
+            logps = model(full).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+            expected_nll -= logps.gather(1, ids.unsqueeze(1)).sum()
+            expected_tokens += len(ids)
+    assert int(num_tokens) == expected_tokens
+    torch.testing.assert_close(nll, torch.as_tensor(expected_nll), rtol=1e-5, atol=1e-5)
+    if temperature == 1.0:
+        # ...which is also exactly TRL's own log-prob path, the one the RL term uses.
+        input_ids = torch.cat([demo["prompt_ids"], demo["demonstration_ids"]], dim=1)
+        attention = torch.cat([demo["prompt_mask"], demo["demonstration_mask"]], dim=1)
+        width = demo["demonstration_ids"].size(1)
+        with torch.no_grad():
+            trl_logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
+        torch.testing.assert_close(nll, -(trl_logps * demo["demonstration_mask"]).sum())
+
+
+def test_authors_target_column_and_remove_unused_columns(tiny_model_dir, tmp_path):
+    """The authors' dataset keeps the demonstration as `target`: a list holding one assistant message."""
+    dataset = make_dataset().map(lambda x: {"target": [{"role": "assistant", "content": x["demonstration"]}]})
+    dataset = dataset.remove_columns("demonstration")
+    args = make_config(
+        tmp_path, gamma=0, demonstration_column="target", remove_unused_columns=True, max_completion_length=32
+    )
+
+    def all_wrong(completions, **kwargs):  # `pid` is pruned with the unused columns; the demonstration is not
+        return [0.0] * len(completions)
+
+    trainer = HPTTrainer(tiny_model_dir, all_wrong, args=args, train_dataset=dataset)
+    trainer.train()
+    assert trainer.state.log_history[0]["hpt/sft_prompt_ratio"] == 1.0
+    assert trainer.state.log_history[0]["hpt/sft_loss"] > 0
+
+
+def test_model_card_names_hpt_and_the_paper(tiny_model_dir, tmp_path):
+    args = make_config(tmp_path, gamma=0, max_steps=1)
+    trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+    trainer.create_model_card(model_name="tiny-hpt")
+    card = (tmp_path / "README.md").read_text()
+    assert "HPT" in card and "2509.04419" in card
+    assert "hpt" in trainer.model.config.to_dict().get("tags", []) or "hpt" in card

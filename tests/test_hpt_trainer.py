@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+from hpt_testing import (
+    NUM_GENERATIONS,
+    base_kwargs,
+    demonstration_for,
+    length_parity_reward,
+    make_config,
+    make_dataset,
+    odd_prompts_wrong,
+    parameters,
+    record_generation_batches,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+from hpt_trl import HPTTrainer
+from hpt_trl.gating import DEMONSTRATION_ROW, DROPPED_ROW, RL_ROW
+
+
+def test_gamma_minus_one_is_grpo(tiny_model_dir, tmp_path):
+    """With SFT off, HPT must reproduce GRPOTrainer exactly: same seed, same config, same parameters."""
+    common = dict(gradient_accumulation_steps=2, loss_type="dr_grpo", scale_rewards="none")
+    hpt_args = make_config(tmp_path / "hpt", gamma=-1, **common)
+    grpo_args = GRPOConfig(**base_kwargs(tmp_path / "grpo"), **common)
+
+    results = []
+    for trainer_cls, args in ((HPTTrainer, hpt_args), (GRPOTrainer, grpo_args)):
+        trainer = trainer_cls(tiny_model_dir, length_parity_reward, args=args, train_dataset=make_dataset())
+        before = parameters(trainer.model)
+        trainer.train()
+        results.append((before, parameters(trainer.model)))
+    (hpt_before, hpt_after), (grpo_before, grpo_after) = results
+    assert any(not torch.equal(hpt_before[n], hpt_after[n]) for n in hpt_after), "training must move the weights"
+    for name in grpo_after:
+        assert torch.equal(hpt_after[name], grpo_after[name]), name
+
+
+def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
+    """Every prompt gated: one plain-SGD step must equal a step on the NLL gradient of the demonstrations."""
+    lr = 0.5
+    args = make_config(
+        tmp_path,
+        gamma=NUM_GENERATIONS,
+        max_steps=1,
+        learning_rate=lr,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # no clipping: the update is exactly -lr * gradient
+        max_completion_length=64,
+    )
+    trainer = HPTTrainer(tiny_model_dir, length_parity_reward, args=args, train_dataset=make_dataset())
+    batches = record_generation_batches(trainer)
+    before = parameters(trainer.model)
+    trainer.train()
+    after = parameters(trainer.model)
+
+    # Independently: the prompts of the step, chat-templated, + demonstration + EOS; token-mean NLL over the
+    # demonstration tokens, one gradient.
+    pids = sorted(set(batches[0]["pids"]))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    total_nll, total_tokens = 0.0, 0
+    for pid in pids:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{pid}+{pid}="}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        demo = tokenizer(demonstration_for(pid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + demo])
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+        total_nll = total_nll + torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")
+        total_tokens += len(demo)
+    (total_nll / total_tokens).backward()
+    for name, param in model.named_parameters():
+        expected = before[name] - lr * param.grad
+        torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6, msg=name)
+    assert trainer.state.log_history[0]["hpt/sft_prompt_ratio"] == 1.0
+
+
+@pytest.mark.parametrize("conversational", [True, False])
+def test_mixed_batch_gates_exactly_the_failing_prompts(tiny_model_dir, tmp_path, conversational):
+    args = make_config(tmp_path, gamma=0, max_completion_length=32)
+    trainer = HPTTrainer(
+        tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset(conversational=conversational)
+    )
+    batches = record_generation_batches(trainer)
+    trainer.train()
+
+    tokenizer = trainer.processing_class
+    for batch in batches:
+        kinds = batch["hpt_row_kind"].tolist()
+        for row, (pid, kind) in enumerate(zip(batch["pids"], kinds, strict=True)):
+            if pid % 2 == 0:
+                assert kind == RL_ROW
+            else:
+                assert kind in (DEMONSTRATION_ROW, DROPPED_ROW)
+                assert batch["completion_mask"][row].sum() == 0, "a gated rollout must leave the RL loss"
+        odd = {pid for pid in batch["pids"] if pid % 2}
+        demo_pids = [pid for pid, kind in zip(batch["pids"], kinds) if kind == DEMONSTRATION_ROW]
+        assert sorted(demo_pids) == sorted(odd), "exactly one demonstration row per gated prompt"
+        for row, kind in enumerate(kinds):
+            if kind == DEMONSTRATION_ROW:
+                length = int(batch["demonstration_mask"][row].sum())
+                ids = batch["demonstration_ids"][row, :length].tolist()
+                assert ids[-1] == tokenizer.eos_token_id
+                assert tokenizer.decode(ids[:-1]) == demonstration_for(batch["pids"][row])
+    ratios = [log["hpt/sft_prompt_ratio"] for log in trainer.state.log_history if "hpt/sft_prompt_ratio" in log]
+    accuracies = [log["hpt/group_accuracy"] for log in trainer.state.log_history if "hpt/group_accuracy" in log]
+    expected = [sum(p % 2 for p in set(b["pids"])) / len(set(b["pids"])) for b in batches]
+    assert ratios == pytest.approx(expected)
+    assert accuracies == pytest.approx([1 - r for r in expected])
+
+
+def test_demonstration_counts_once_with_accumulation_and_steps_per_generation(tiny_model_dir, tmp_path):
+    """Shuffled over 4 micro-batches, a gated prompt's demonstration tokens still enter the loss exactly once."""
+    args = make_config(
+        tmp_path,
+        gamma=0,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        steps_per_generation=4,
+        max_steps=2,
+        max_completion_length=32,
+    )
+    trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset(num_prompts=8))
+    batches = record_generation_batches(trainer)
+    seen = []
+    original = trainer._demonstration_nll
+
+    def counting(model, batch):
+        nll, tokens = original(model, batch)
+        seen.append(int(tokens))
+        return nll, tokens
+
+    trainer._demonstration_nll = counting
+    trainer.train()
+
+    assert len(batches) == 1, "4 micro-batches of one generation batch: generated once"
+    gated = {pid for pid in batches[0]["pids"] if pid % 2}
+    tokenizer = trainer.processing_class
+    expected_tokens = sum(len(tokenizer(demonstration_for(pid))["input_ids"]) + 1 for pid in gated)
+    assert len(seen) == 4
+    assert sum(seen) == expected_tokens
+    sft_losses = [log["hpt/sft_loss"] for log in trainer.state.log_history if "hpt/sft_loss" in log]
+    assert sft_losses and all(math.isfinite(x) and x > 0 for x in sft_losses)
+
+
+def test_every_micro_batch_kind_gives_a_finite_loss(tiny_model_dir, tmp_path):
+    """Micro-batches with only RL rows, only demonstrations, or only dropped rows: finite loss, no NaN."""
+    args = make_config(tmp_path, gamma=0, max_completion_length=24, per_device_train_batch_size=32, max_steps=1)
+    trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+    batches = record_generation_batches(trainer)
+    trainer.train()
+    batch = {k: v for k, v in batches[0].items() if k != "pids"}
+    assert {pid % 2 for pid in batches[0]["pids"]} == {0, 1}
+    kinds = batch["hpt_row_kind"]
+    size = kinds.size(0)
+    from hpt_trl.gating import select_rows
+
+    trainer.model.train()
+    for kind in (RL_ROW, DEMONSTRATION_ROW, DROPPED_ROW):
+        rows = (kinds == kind).nonzero().squeeze(1)
+        assert rows.numel() > 0
+        micro_batch = select_rows(batch, rows, size)
+        loss = trainer._compute_loss(trainer.model, micro_batch)
+        assert torch.isfinite(loss), kind
+        loss.backward()  # still connected to the graph, so DDP/ZeRO see every parameter
+        if kind == DROPPED_ROW:
+            assert loss.item() == 0.0
+        trainer.model.zero_grad()
+    logged = [v for log in trainer.state.log_history for v in log.values() if isinstance(v, float)]
+    assert logged and all(math.isfinite(v) for v in logged)

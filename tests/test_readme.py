@@ -1,0 +1,26 @@
+"""The README's two set-up commands stay the ones CI and a newcomer run."""
+
+import re
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.DOTALL)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    commands = setup_commands()
+    assert len(commands) == 2
+    demo, tests = commands
+    assert "pip install torch==2.13.0" in demo and "train.py" in demo
+    assert "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    _, tests = setup_commands()
+    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
