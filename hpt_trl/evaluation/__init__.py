@@ -1,0 +1,89 @@
+"""
+Evaluation harness for the benchmarks of the HPT paper (arXiv 2509.04419), following the authors' protocol.
+
+`python -m hpt_trl.evaluation --model <path or Hub id> --benchmarks all` samples `n` responses per problem on vLLM (or
+transformers), grades them with the project's verifier, and reports avg@n (the paper's score), pass@k, mean response
+length and the share of truncated responses. Everything here imports without torch; the backends load it on use.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .backends import (
+    Generation,
+    SamplingConfig,
+    TransformersBackend,
+    VLLMBackend,
+    build_backend,
+    import_vllm,
+    transformers_generate_kwargs,
+    vllm_sampling_kwargs,
+)
+from .benchmarks import (
+    BENCHMARK_GROUPS,
+    BENCHMARKS,
+    BenchmarkError,
+    BenchmarkSpec,
+    Problem,
+    get_benchmark,
+    load_benchmark,
+    parse_benchmark_args,
+)
+from .cli import main
+from .grading import extract_choice, grade_completion, grade_completions
+from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
+from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
+from .prompts import LLAMA_TEMPLATE, TEMPLATES, render_prompt
+from .report import compare_results, format_results_table, load_results, plot_pass_at_k
+
+
+if TYPE_CHECKING:
+    from .callback import BenchmarkCallback
+
+# The callback subclasses `transformers.TrainerCallback`: import it only when asked for, to keep this package light.
+_LAZY = {"BenchmarkCallback": "hpt_trl.evaluation.callback"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hpt_trl.evaluation' has no attribute {name!r}")
+
+
+__all__ = [
+    "BENCHMARKS",
+    "BENCHMARK_GROUPS",
+    "BenchmarkCallback",
+    "BenchmarkError",
+    "BenchmarkSpec",
+    "EvalConfig",
+    "EvaluationError",
+    "Generation",
+    "LLAMA_TEMPLATE",
+    "Problem",
+    "SamplingConfig",
+    "TEMPLATES",
+    "TransformersBackend",
+    "VLLMBackend",
+    "build_backend",
+    "compare_results",
+    "evaluate",
+    "extract_choice",
+    "format_results_table",
+    "get_benchmark",
+    "grade_completion",
+    "grade_completions",
+    "import_vllm",
+    "load_benchmark",
+    "load_results",
+    "main",
+    "parse_benchmark_args",
+    "pass_at_k",
+    "pass_at_k_budgets",
+    "plot_pass_at_k",
+    "read_records_file",
+    "render_prompt",
+    "summarize_records",
+    "transformers_generate_kwargs",
+    "vllm_sampling_kwargs",
+]
