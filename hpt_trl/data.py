@@ -1,0 +1,495 @@
+"""
+Loading HPT training data: prompts, expert demonstrations and gold answers, in the form [`HPTTrainer`] expects.
+
+The authors train on the Hub dataset `Elliott/Openr1-Math-46k-8192` (verl schema): `prompt` (chat messages with a
+system prompt), `target` (`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose
+`ground_truth` is the gold answer), `data_source`, `ability`, `extra_info`. [`load_hpt_dataset`] turns that schema, or
+any dataset whose columns are named through arguments, into three columns:
+
+- `prompt`: chat messages (`prompt_template="chat"`), the base-model "Question/Answer" string
+  (`prompt_template="llama"`), or the source prompt unchanged (`prompt_template="none"`);
+- `demonstration`: the expert solution as a string (the trainer appends EOS);
+- `solution`: the gold answer as a string, the argument of [`~hpt_trl.rewards.accuracy_reward`].
+
+[`HPTScriptArguments`] exposes the same options to `trl.TrlParser`, so a training script parses
+`(HPTScriptArguments, HPTConfig, ModelConfig)` from one YAML recipe.
+"""
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+from trl import ScriptArguments
+
+from .demonstrations import demonstration_text
+from .rewards import accuracy_reward, format_reward
+
+
+logger = logging.getLogger(__name__)
+
+HPT_DATASET_NAME = "Elliott/Openr1-Math-46k-8192"
+PROMPT_TEMPLATES = ("chat", "llama", "none")
+# The base-model template of the paper's Llama-3.1-8B runs: a base model has no chat template, so the problem is
+# wrapped in plain text that ends where the model should start reasoning.
+LLAMA_PROMPT_TEMPLATE = "Question:\n{problem}\nAnswer:\nLet's think step by step."
+
+# Extensions that `datasets` reads with a packaged builder; anything else is treated as a Hub name or a directory.
+_LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
+    "accuracy": accuracy_reward,
+    "format": format_reward,
+}
+
+
+def get_reward_funcs(names: list[str] | str) -> list[Callable[..., list[float]]]:
+    """
+    Return the reward functions registered under `names` in [`REWARD_FUNCS`], in order.
+
+    Args:
+        names (`list[str]` or `str`):
+            Reward names, e.g. `["accuracy"]` (the paper's only reward) or `["accuracy", "format"]`.
+
+    Returns:
+        `list[Callable]`: the reward functions, ready for the trainer's `reward_funcs`.
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError(f"reward_funcs is empty; choose at least one of {sorted(REWARD_FUNCS)}.")
+    unknown = [name for name in names if name not in REWARD_FUNCS]
+    if unknown:
+        raise ValueError(f"Unknown reward function(s) {unknown} in reward_funcs; available: {sorted(REWARD_FUNCS)}.")
+    return [REWARD_FUNCS[name] for name in names]
+
+
+@dataclass
+class HPTScriptArguments(ScriptArguments):
+    r"""
+    Script arguments for HPT training: where the data comes from, how prompts are formatted and which rewards are used.
+
+    Inherits `dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming` and
+    `ignore_bias_buffers` from [`~trl.ScriptArguments`]. Parse it together with [`HPTConfig`] and
+    [`~trl.ModelConfig`]: `TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))`. Field names avoid those of the
+    other two classes (e.g. the source demonstration column is `dataset_demonstration_column`, while
+    [`HPTConfig`]'s `demonstration_column` names the column the trainer reads, `"demonstration"` after loading).
+
+    Parameters:
+        dataset_name (`str`, *optional*, defaults to `"Elliott/Openr1-Math-46k-8192"`):
+            Hub dataset name, a local directory, or a local `.parquet`, `.json`, `.jsonl` or `.csv` file.
+        prompt_template (`str`, *optional*, defaults to `"chat"`):
+            `"chat"`: the prompt is a list of chat messages (for models with a chat template, e.g. Qwen2.5-Math).
+            `"llama"`: the prompt is the string `"Question:\n{problem}\nAnswer:\nLet's think step by step."` built
+            from the last user message (for base models without a chat template, e.g. Llama-3.1-8B). `"none"`: the
+            source prompt is kept as it is.
+        keep_system_prompt (`bool`, *optional*, defaults to `True`):
+            Whether to keep the dataset's system message(s). With `prompt_template="llama"` a kept system prompt is
+            written before the question.
+        dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Source column with the prompt: a string or a list of chat messages. Dotted paths reach into structs.
+        dataset_demonstration_column (`str`, *optional*, defaults to `"target"`):
+            Source column with the expert solution: a string, or a list holding one assistant message.
+        dataset_solution_column (`str`, *optional*, defaults to `"reward_model.ground_truth"`):
+            Source column with the gold answer. Dotted paths reach into structs.
+        max_demonstration_tokens (`int`, *optional*, defaults to `8192`):
+            Token budget of a demonstration, EOS included (the paper truncates demonstrations at 8192 tokens). Needs
+            the model's tokenizer; `None` disables the check.
+        max_demonstration_chars (`int`, *optional*):
+            Character budget of a demonstration, for when no tokenizer is at hand.
+        drop_long_demonstrations (`bool`, *optional*, defaults to `False`):
+            Whether to drop rows whose demonstration exceeds the budget. Otherwise they are kept and the trainer
+            truncates them at `max_completion_length`; either way their number is logged.
+        max_prompt_tokens (`int`, *optional*, defaults to `1024`):
+            Rows whose formatted prompt is longer than this many tokens are dropped (the paper's maximum prompt
+            length; TRL's GRPO has no prompt-length option). Needs the tokenizer; `None` keeps every prompt.
+        dataset_num_proc (`int`, *optional*):
+            Number of processes for the dataset preprocessing.
+        reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
+            Names of the reward functions, keys of [`REWARD_FUNCS`]: `"accuracy"` (binary, boxed answer, the paper's
+            reward) and `"format"`.
+    """
+
+    dataset_name: str | None = field(
+        default=HPT_DATASET_NAME,
+        metadata={"help": "Hub dataset name, local directory, or local .parquet/.json/.jsonl/.csv file."},
+    )
+    prompt_template: str = field(
+        default="chat",
+        metadata={
+            "help": "Prompt format: 'chat' (chat messages), 'llama' (base-model Question/Answer string) or 'none'.",
+            "choices": list(PROMPT_TEMPLATES),
+        },
+    )
+    keep_system_prompt: bool = field(default=True, metadata={"help": "Whether to keep the dataset's system prompt."})
+    dataset_prompt_column: str = field(
+        default="prompt", metadata={"help": "Source column with the prompt (dotted paths reach into structs)."}
+    )
+    dataset_demonstration_column: str = field(
+        default="target", metadata={"help": "Source column with the expert solution (string or assistant message)."}
+    )
+    dataset_solution_column: str = field(
+        default="reward_model.ground_truth",
+        metadata={"help": "Source column with the gold answer (dotted paths reach into structs)."},
+    )
+    max_demonstration_tokens: int | None = field(
+        default=8192, metadata={"help": "Token budget of a demonstration (EOS included); needs the tokenizer."}
+    )
+    max_demonstration_chars: int | None = field(
+        default=None, metadata={"help": "Character budget of a demonstration, for use without a tokenizer."}
+    )
+    drop_long_demonstrations: bool = field(
+        default=False,
+        metadata={"help": "Drop rows whose demonstration exceeds the budget instead of letting the trainer truncate."},
+    )
+    max_prompt_tokens: int | None = field(
+        default=1024, metadata={"help": "Drop rows whose formatted prompt exceeds this many tokens."}
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Number of processes for the dataset preprocessing."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": f"Reward function names, from {sorted(REWARD_FUNCS)}."},
+    )
+
+    def __post_init__(self):
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {self.prompt_template!r}.")
+        for name in ("max_demonstration_tokens", "max_demonstration_chars", "max_prompt_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+        get_reward_funcs(self.reward_funcs)  # fail at parse time, not after the model has loaded
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of [`load_hpt_dataset`] taken from these script arguments."""
+        return {
+            "dataset_name": self.dataset_name,
+            "dataset_config": self.dataset_config,
+            "split": self.dataset_train_split,
+            "prompt_template": self.prompt_template,
+            "keep_system_prompt": self.keep_system_prompt,
+            "prompt_column": self.dataset_prompt_column,
+            "demonstration_column": self.dataset_demonstration_column,
+            "solution_column": self.dataset_solution_column,
+            "max_demonstration_tokens": self.max_demonstration_tokens,
+            "max_demonstration_chars": self.max_demonstration_chars,
+            "drop_long_demonstrations": self.drop_long_demonstrations,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "num_proc": self.dataset_num_proc,
+        }
+
+
+@dataclass
+class HPTDatasetStats:
+    """
+    Row counts of one [`prepare_hpt_dataset`] call.
+
+    Attributes:
+        num_rows_in (`int`): rows of the source dataset.
+        num_rows_out (`int`): rows returned.
+        num_long_demonstrations (`int`): demonstrations over the token or character budget (dropped or kept).
+        num_dropped_long_demonstrations (`int`): rows dropped for that reason.
+        num_dropped_long_prompts (`int`): rows dropped because the prompt exceeded `max_prompt_tokens`.
+    """
+
+    num_rows_in: int = 0
+    num_rows_out: int = 0
+    num_long_demonstrations: int = 0
+    num_dropped_long_demonstrations: int = 0
+    num_dropped_long_prompts: int = 0
+
+
+def _load_raw(dataset_name: str, dataset_config: str | None, split: str) -> datasets.Dataset:
+    suffix = Path(dataset_name).suffix.lower()
+    if suffix in _LOCAL_BUILDERS:
+        if not Path(dataset_name).is_file():
+            raise FileNotFoundError(f"Dataset file {dataset_name} does not exist (set `dataset_name` to its path).")
+        # A single local file always forms the "train" split, whatever `dataset_train_split` says.
+        return datasets.load_dataset(_LOCAL_BUILDERS[suffix], data_files=dataset_name, split="train")
+    return datasets.load_dataset(dataset_name, dataset_config, split=split)
+
+
+def _get_path(row: dict[str, Any], path: str, argument: str, available: list[str]) -> Any:
+    """Value of column `path` in `row`, following dots into structs; the error names the argument to fix."""
+    if path in row:  # a flat column whose name contains a dot wins over the struct path
+        return row[path]
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise ValueError(
+                f"Column '{path}' not found in the dataset (columns: {available}). Set `{argument}` to the column "
+                "that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
+            )
+        value = value[part]
+    return value
+
+
+def _check_column(path: str, argument: str, column_names: list[str], features: datasets.Features) -> None:
+    if path in column_names:
+        return
+    head, *rest = path.split(".")
+    feature = features.get(head)
+    for part in rest:
+        if not isinstance(feature, dict) or part not in feature:
+            feature = None
+            break
+        feature = feature[part]
+    if feature is None:
+        raise ValueError(
+            f"Column '{path}' not found in the dataset (columns: {column_names}). Set `{argument}` to the column "
+            "that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
+        )
+
+
+def _as_messages(prompt: Any, column: str) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (list, tuple)) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise ValueError(
+        f"The prompt in column '{column}' is a {type(prompt).__name__}; expected a string or a list of chat messages "
+        "with 'role' and 'content'. Point `prompt_column` at such a column."
+    )
+
+
+def _format_prompt(prompt: Any, template: str, keep_system_prompt: bool, column: str) -> str | list[dict[str, str]]:
+    if template == "none" and isinstance(prompt, str):
+        return prompt
+    messages = _as_messages(prompt, column)
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    if template in ("chat", "none"):
+        return messages if keep_system_prompt else turns
+    users = [m for m in turns if m["role"] == "user"]
+    if not users:
+        raise ValueError(f"The prompt in column '{column}' has no user message to build the 'llama' prompt from.")
+    text = LLAMA_PROMPT_TEMPLATE.format(problem=users[-1]["content"].strip())
+    if keep_system_prompt and system:
+        text = "\n\n".join(m["content"] for m in system) + "\n\n" + text
+    return text
+
+
+def _prompt_num_tokens(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> int:
+    if isinstance(prompt, str):
+        return len(tokenizer(prompt)["input_ids"])
+    # Render to text first: with `tokenize=True` the return type differs across transformers versions.
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prepare_hpt_dataset(
+    dataset: datasets.Dataset,
+    *,
+    prompt_template: str = "chat",
+    keep_system_prompt: bool = True,
+    prompt_column: str = "prompt",
+    demonstration_column: str = "target",
+    solution_column: str = "reward_model.ground_truth",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_demonstration_tokens: int | None = None,
+    max_demonstration_chars: int | None = None,
+    drop_long_demonstrations: bool = False,
+    max_prompt_tokens: int | None = None,
+    num_proc: int | None = None,
+) -> tuple[datasets.Dataset, HPTDatasetStats]:
+    """
+    Map an already loaded dataset to the `prompt`, `demonstration` and `solution` columns of [`HPTTrainer`].
+
+    Takes the same options as [`load_hpt_dataset`] (which documents them) and returns the dataset with the row counts.
+    """
+    if prompt_template not in PROMPT_TEMPLATES:
+        raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {prompt_template!r}.")
+    if (max_demonstration_tokens is not None or max_prompt_tokens is not None) and tokenizer is None:
+        raise ValueError(
+            "max_demonstration_tokens and max_prompt_tokens count tokens and need the model's tokenizer: pass "
+            "`tokenizer`, set them to None, or use max_demonstration_chars for a character budget."
+        )
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__} (streaming is not supported).")
+
+    column_names = list(dataset.column_names)
+    for path, argument in (
+        (prompt_column, "prompt_column"),
+        (demonstration_column, "demonstration_column"),
+        (solution_column, "solution_column"),
+    ):
+        _check_column(path, argument, column_names, dataset.features)
+
+    def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
+        prompt = _format_prompt(
+            _get_path(row, prompt_column, "prompt_column", column_names),
+            prompt_template,
+            keep_system_prompt,
+            prompt_column,
+        )
+        demonstration = demonstration_text(
+            _get_path(row, demonstration_column, "demonstration_column", column_names), demonstration_column, index
+        )
+        solution = _get_path(row, solution_column, "solution_column", column_names)
+        if isinstance(solution, (list, tuple)) and len(solution) == 1:
+            solution = solution[0]
+        if solution is None or (isinstance(solution, str) and not solution.strip()):
+            raise ValueError(
+                f"Row {index} has no gold answer in column '{solution_column}'. Drop such rows first or point "
+                "`solution_column` at the column with the answers."
+            )
+        demo_too_long = max_demonstration_chars is not None and len(demonstration) > max_demonstration_chars
+        prompt_too_long = False
+        if tokenizer is not None:
+            if max_demonstration_tokens is not None:
+                # +1 for the EOS the trainer appends, so the budget means what the trainer's truncation means.
+                num_tokens = len(tokenizer(demonstration, add_special_tokens=False)["input_ids"]) + 1
+                demo_too_long = demo_too_long or num_tokens > max_demonstration_tokens
+            if max_prompt_tokens is not None:
+                prompt_too_long = _prompt_num_tokens(prompt, tokenizer) > max_prompt_tokens
+        return {
+            "prompt": prompt,
+            "demonstration": demonstration,
+            "solution": str(solution),
+            "_demo_too_long": demo_too_long,
+            "_prompt_too_long": prompt_too_long,
+        }
+
+    mapped = dataset.map(
+        convert,
+        with_indices=True,
+        remove_columns=column_names,
+        num_proc=num_proc,
+        desc="Formatting HPT dataset",
+    )
+    demo_flags = mapped["_demo_too_long"]
+    prompt_flags = mapped["_prompt_too_long"]
+    stats = HPTDatasetStats(
+        num_rows_in=len(dataset),
+        num_long_demonstrations=sum(demo_flags),
+        num_dropped_long_prompts=sum(prompt_flags),
+    )
+    keep = [not p and not (d and drop_long_demonstrations) for d, p in zip(demo_flags, prompt_flags, strict=True)]
+    stats.num_dropped_long_demonstrations = sum(
+        1 for d, p in zip(demo_flags, prompt_flags, strict=True) if d and drop_long_demonstrations and not p
+    )
+    if not all(keep):
+        mapped = mapped.select([i for i, k in enumerate(keep) if k])
+    mapped = mapped.remove_columns(["_demo_too_long", "_prompt_too_long"])
+    stats.num_rows_out = len(mapped)
+
+    budget = (
+        f"{max_demonstration_tokens} tokens" if max_demonstration_tokens is not None and tokenizer is not None else ""
+    )
+    if max_demonstration_chars is not None:
+        budget = (
+            f"{budget} / {max_demonstration_chars} characters" if budget else f"{max_demonstration_chars} characters"
+        )
+    if stats.num_long_demonstrations:
+        action = "dropped" if drop_long_demonstrations else "kept (the trainer truncates them)"
+        logger.warning(
+            f"{stats.num_long_demonstrations} of {stats.num_rows_in} demonstrations exceed {budget}: {action}."
+        )
+    if stats.num_dropped_long_prompts:
+        logger.warning(
+            f"Dropped {stats.num_dropped_long_prompts} of {stats.num_rows_in} rows whose prompt exceeds "
+            f"{max_prompt_tokens} tokens."
+        )
+    if stats.num_rows_out == 0:
+        raise ValueError(
+            f"No rows left out of {stats.num_rows_in} after filtering ({stats}). Raise the length budgets or set "
+            "drop_long_demonstrations=False."
+        )
+    return mapped, stats
+
+
+def load_hpt_dataset(
+    dataset_name: str = HPT_DATASET_NAME,
+    dataset_config: str | None = None,
+    split: str = "train",
+    *,
+    prompt_template: str = "chat",
+    keep_system_prompt: bool = True,
+    prompt_column: str = "prompt",
+    demonstration_column: str = "target",
+    solution_column: str = "reward_model.ground_truth",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_demonstration_tokens: int | None = None,
+    max_demonstration_chars: int | None = None,
+    drop_long_demonstrations: bool = False,
+    max_prompt_tokens: int | None = None,
+    num_proc: int | None = None,
+    return_stats: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, HPTDatasetStats]:
+    r"""
+    Load HPT training data and map it to the columns `prompt`, `demonstration` and `solution`.
+
+    Args:
+        dataset_name (`str`, *optional*, defaults to `"Elliott/Openr1-Math-46k-8192"`):
+            The authors' Hub dataset, another Hub dataset, a local directory, or a local `.parquet`, `.json`,
+            `.jsonl` or `.csv` file (a single file always forms the `"train"` split).
+        dataset_config (`str`, *optional*):
+            Hub dataset configuration name.
+        split (`str`, *optional*, defaults to `"train"`):
+            Split to load (Hub datasets and directories).
+        prompt_template (`str`, *optional*, defaults to `"chat"`):
+            `"chat"`: `prompt` is a list of chat messages (a string source prompt becomes one user turn).
+            `"llama"`: `prompt` is `"Question:\n{problem}\nAnswer:\nLet's think step by step."`, with the last user
+            message as the problem, for base models without a chat template. `"none"`: the source prompt is kept.
+        keep_system_prompt (`bool`, *optional*, defaults to `True`):
+            Whether to keep the source's system messages (written before the question with `"llama"`).
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Source column with the prompt. This and the two next columns accept dotted paths into structs.
+        demonstration_column (`str`, *optional*, defaults to `"target"`):
+            Source column with the expert solution: a string, or a list holding one assistant message.
+        solution_column (`str`, *optional*, defaults to `"reward_model.ground_truth"`):
+            Source column with the gold answer; it is converted to a string.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            The model's tokenizer; needed by `max_demonstration_tokens` and `max_prompt_tokens`.
+        max_demonstration_tokens (`int`, *optional*):
+            Token budget of a demonstration, counting the EOS the trainer appends.
+        max_demonstration_chars (`int`, *optional*):
+            Character budget of a demonstration, usable without a tokenizer.
+        drop_long_demonstrations (`bool`, *optional*, defaults to `False`):
+            Drop rows whose demonstration exceeds a budget; otherwise keep them for the trainer to truncate at
+            `max_completion_length`. The number over budget is logged and counted either way.
+        max_prompt_tokens (`int`, *optional*):
+            Drop rows whose formatted prompt (chat template applied) exceeds this many tokens.
+        num_proc (`int`, *optional*):
+            Processes for `datasets.Dataset.map`.
+        return_stats (`bool`, *optional*, defaults to `False`):
+            Also return the [`HPTDatasetStats`] of the call.
+
+    Returns:
+        [`~datasets.Dataset`], or `(Dataset, HPTDatasetStats)` when `return_stats=True`.
+
+    Example:
+
+    ```python
+    >>> from hpt_trl.data import load_hpt_dataset
+    >>> dataset = load_hpt_dataset("openr1.parquet", prompt_template="llama", keep_system_prompt=False)
+    >>> dataset.column_names
+    ['prompt', 'demonstration', 'solution']
+    ```
+    """
+    if not dataset_name:
+        raise ValueError(f"dataset_name is empty: set it to a Hub dataset (e.g. {HPT_DATASET_NAME!r}) or a file.")
+    raw = _load_raw(dataset_name, dataset_config, split)
+    dataset, stats = prepare_hpt_dataset(
+        raw,
+        prompt_template=prompt_template,
+        keep_system_prompt=keep_system_prompt,
+        prompt_column=prompt_column,
+        demonstration_column=demonstration_column,
+        solution_column=solution_column,
+        tokenizer=tokenizer,
+        max_demonstration_tokens=max_demonstration_tokens,
+        max_demonstration_chars=max_demonstration_chars,
+        drop_long_demonstrations=drop_long_demonstrations,
+        max_prompt_tokens=max_prompt_tokens,
+        num_proc=num_proc,
+    )
+    logger.info(f"Loaded {stats.num_rows_out} HPT rows from {dataset_name} ({stats}).")
+    return (dataset, stats) if return_stats else dataset

@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+ACCELERATE_CONFIGS = ROOT / "accelerate_configs"
+PAPER_MODELS = {
+    # model directory: (gamma of the HPT recipe, sft_loss_coef, prompt_template), from the paper's scripts
+    "qwen2.5-math-7b": (0, 1.0, "chat"),
+    "qwen2.5-math-1.5b": (0, 0.3, "chat"),
+    "llama-3.1-8b": (2, 1.0, "llama"),
+}
+VARIANT_GAMMA = {"sft": 8, "grpo": -1, "sft_then_grpo_stage1_sft": 8, "sft_then_grpo_stage2_grpo": -1}
+NUM_PAPER_GPUS = 8
+
+
+def _parse(path: Path):
+    from trl import ModelConfig, TrlParser
+
+    from hpt_trl import HPTConfig
+    from hpt_trl.data import HPTScriptArguments
+
+    parser = TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))
+    # The recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU unless use_cpu is set; the
+    # override changes nothing else, so every other value is validated as a GPU run would validate it.
+    return parser.parse_args_and_config(args=["--config", str(path), "--use_cpu", "true"])
+
+
+def test_recipes_exist():
+    names = {str(path.relative_to(ROOT / "recipes")) for path in RECIPES}
+    for model in PAPER_MODELS:
+        for variant in ["hpt", *VARIANT_GAMMA]:
+            assert f"{model}/{variant}.yaml" in names
+    assert any(path.parent.name == "lora" for path in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_recipe_parses_and_validates(path):
+    text = path.read_text()
+    assert "accelerate launch --config_file accelerate_configs/" in text
+    assert f"--config recipes/{path.relative_to(ROOT / 'recipes')}" in text
+    launch_config = text.split("--config_file accelerate_configs/")[1].split()[0]
+    assert (ACCELERATE_CONFIGS / launch_config).is_file()
+
+    script_args, args, model_args = _parse(path)
+    assert script_args.reward_funcs == ["accuracy"]
+    assert args.gate_reward == 0 and args.num_generations == 8
+    assert (args.loss_type, args.scale_rewards, args.beta, args.entropy_coef) == ("dr_grpo", "none", 0.0, 0.001)
+    assert args.lr_scheduler_type == "constant" and args.warmup_steps == 0
+    assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.9, 0.999, 0.01, 1.0)
+    assert args.bf16 and args.use_vllm and args.vllm_mode == "colocate"
+    assert args.temperature == 1.0 and args.max_steps == 500
+    assert args.save_steps == 50 and not args.push_to_hub and args.report_to
+    assert model_args.dtype == "bfloat16"
+
+    if path.parent.name == "lora":
+        assert model_args.use_peft
+        assert args.gradient_checkpointing
+        assert args.vllm_tensor_parallel_size == 1
+        assert "single_gpu.yaml" in text
+        return
+
+    gamma, sft_loss_coef, template = PAPER_MODELS[path.parent.name]
+    assert args.gamma == VARIANT_GAMMA.get(path.stem, gamma)
+    assert args.sft_loss_coef == sft_loss_coef and args.learning_rate == 5e-6
+    assert script_args.prompt_template == template
+    assert script_args.keep_system_prompt == (template == "chat")
+    assert script_args.dataset_name == "Elliott/Openr1-Math-46k-8192"
+    assert script_args.max_prompt_tokens == 1024 and script_args.max_demonstration_tokens == 8192
+    assert args.max_completion_length == 8192
+    assert args.vllm_tensor_parallel_size == 2
+    # 128 prompts x 8 rollouts per optimizer step on the paper's 8 GPUs.
+    completions = args.per_device_train_batch_size * NUM_PAPER_GPUS * args.gradient_accumulation_steps
+    assert completions == 128 * args.num_generations
+    assert args.steps_per_generation == args.gradient_accumulation_steps  # on-policy: one update per rollout batch
+    if path.parent.name == "qwen2.5-math-7b" and path.stem != "sft_then_grpo_stage2_grpo":
+        # rope_theta 40000 / 16384 positions live in the patched local copy (see the recipe's header).
+        assert model_args.model_name_or_path == "models/Qwen2.5-Math-7B-16k"
+        assert "--rope_theta 40000 --max_position_embeddings 16384" in text
+    if path.stem == "sft_then_grpo_stage2_grpo":
+        stage1 = yaml.safe_load((path.parent / "sft_then_grpo_stage1_sft.yaml").read_text())
+        assert model_args.model_name_or_path == stage1["output_dir"]
+
+
+def test_prepare_long_context_model(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("prep", ROOT / "recipes" / "prepare_long_context_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({"rope_theta": 10000.0, "max_position_embeddings": 4096}))
+    config = module.patch_config(config_path, 40000.0, 16384)
+    assert json.loads(config_path.read_text()) == config == {"rope_theta": 40000.0, "max_position_embeddings": 16384}
+
+
+@pytest.mark.parametrize(
+    ("name", "distributed_type", "num_processes", "zero_stage", "offload"),
+    [
+        ("single_gpu", "NO", 1, None, None),
+        ("multi_gpu", "MULTI_GPU", 8, None, None),
+        ("deepspeed_zero2", "DEEPSPEED", 8, 2, "none"),
+        ("deepspeed_zero3", "DEEPSPEED", 8, 3, "none"),
+        ("deepspeed_zero3_offload", "DEEPSPEED", 8, 3, "cpu"),
+        ("multi_node", "DEEPSPEED", 16, 3, "none"),
+    ],
+)
+def test_accelerate_config(name, distributed_type, num_processes, zero_stage, offload):
+    config = yaml.safe_load((ACCELERATE_CONFIGS / f"{name}.yaml").read_text())
+    assert config["distributed_type"] == distributed_type
+    assert config["num_processes"] == num_processes
+    assert config["mixed_precision"] == "bf16" and config["use_cpu"] is False
+    if zero_stage is None:
+        assert "deepspeed_config" not in config
+    else:
+        deepspeed = config["deepspeed_config"]
+        assert deepspeed["zero_stage"] == zero_stage
+        assert deepspeed["offload_optimizer_device"] == offload and deepspeed["offload_param_device"] == offload
+        assert deepspeed["zero3_init_flag"] == (zero_stage == 3)
+    if name == "multi_node":
+        assert config["num_machines"] == 2 and config["machine_rank"] == 0
+        assert {"main_process_ip", "main_process_port"} <= set(config)
