@@ -15,10 +15,13 @@ The run resumes from the newest checkpoint in `output_dir` (or `--resume_from_ch
 a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from accelerate.logging import get_logger
 from transformers import AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -94,9 +97,26 @@ def make_parser() -> TrlParser:
     return TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))
 
 
+def cpu_deepspeed_arguments() -> list[str]:
+    """
+    Set up the process group for DeepSpeed launched on several CPU processes, and return the arguments it needs.
+
+    With CPU-only torch, accelerate leaves the backend unset: transformers then counts one process while DeepSpeed
+    counts all of them, and DeepSpeed's batch-size check fails. A gloo state created before the config is parsed, and
+    kept by the trainer (`use_configured_state`), makes both count the same processes. GPUs need none of this.
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not (distributed and deepspeed) or torch.cuda.is_available():
+        return []
+    PartialState(backend="gloo")
+    return ["--accelerator_config", json.dumps({"use_configured_state": True})]
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    argv = sys.argv[1:] + cpu_deepspeed_arguments()
+    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     trainer = main(script_args, training_args, model_args)
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, tear down the process group
         trainer.end()

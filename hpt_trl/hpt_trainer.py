@@ -1,14 +1,17 @@
+import os
 import textwrap
 from typing import Any
 
 import torch
 from accelerate.logging import get_logger
 from trl import GRPOConfig, GRPOTrainer
+from trl.import_utils import is_vllm_available
 from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
 
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
 from .gating import DEMONSTRATION_ROW, DROPPED_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
 from .hpt_config import HPTConfig
+from .sampler import EpochSeededRepeatSampler
 
 
 logger = get_logger(__name__)
@@ -58,7 +61,13 @@ class HPTTrainer(GRPOTrainer):
                 f"HPTTrainer needs an HPTConfig as `args`, got a {kind}. Build `HPTConfig(...)` with the same "
                 "arguments: it accepts every GRPOConfig field and adds gamma, sft_loss_coef and the others."
             )
-        # Cheap checks on the data first, so a bad dataset fails before the model is even loaded.
+        # Cheap checks first, so bad input fails before the model is even loaded.
+        if args.use_vllm and not is_vllm_available():
+            raise ImportError(
+                "use_vllm=True but vLLM is not installed. Install it on a CUDA machine with "
+                "`pip install 'hpt-trl[vllm]'` (TRL's supported vLLM range), or set use_vllm=False to generate with "
+                "transformers."
+            )
         if args.gamma >= 0 and train_dataset is not None:
             validate_demonstration_column(train_dataset, args.demonstration_column)
 
@@ -74,6 +83,35 @@ class HPTTrainer(GRPOTrainer):
             raise ValueError("The tokenizer has no EOS token, which HPT appends to every demonstration: set one.")
         self._gate_rewards = None
         self._warned_truncation = False
+
+    # The metrics a reader of the model card wants first: what HPT did and how well the policy did at the end.
+    _CARD_METRICS = (
+        "reward",
+        "hpt/group_accuracy",
+        "hpt/sft_prompt_ratio",
+        "hpt/sft_loss",
+        "hpt/rl_loss",
+        "completions/mean_length",
+        "entropy",
+        "train_loss",
+    )
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        last = {}
+        for entry in self.state.log_history:
+            last.update({key: entry[key] for key in self._CARD_METRICS if entry.get(key) is not None})
+        if not last:
+            return
+        rows = "\n".join(f"| `{key}` | {last[key]:.4g} |" for key in self._CARD_METRICS if key in last)
+        section = (
+            f"\n\n## Final training metrics\n\nLast logged values at step {self.state.global_step}, gamma={self.gamma}, "
+            f"sft_loss_coef={self.args.sft_loss_coef}.\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+        )
+        with open(os.path.join(self.args.output_dir, "README.md"), "a") as card:
+            card.write(section)
 
     def _resolve_gate_reward(self, gate_reward: str | int) -> int:
         names = self.reward_func_names
@@ -96,6 +134,10 @@ class HPTTrainer(GRPOTrainer):
         super()._set_signature_columns_if_needed()
         if self.args.demonstration_column not in self._signature_columns:
             self._signature_columns.append(self.args.demonstration_column)
+
+    def _get_train_sampler(self, dataset=None):
+        # TRL's sampler keeps its shuffle state in memory only: reseed per epoch so that resuming keeps the data order.
+        return EpochSeededRepeatSampler.like(super()._get_train_sampler(dataset))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # The gate needs every rollout of a group, and a group can straddle processes: keep the gathered rewards.

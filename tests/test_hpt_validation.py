@@ -117,3 +117,52 @@ def test_grpo_config_is_refused_with_the_fix(tiny_model_dir, tmp_path):
 def test_hpt_config_defaults_are_the_authors_rl_term(tmp_path):
     args = HPTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, use_cpu=True)
     assert (args.loss_type, args.scale_rewards, args.beta, args.gamma) == ("dr_grpo", "none", 0.0, 0)
+
+
+def test_vllm_missing_fails_before_loading_the_model(tiny_model_dir, tmp_path, monkeypatch):
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the missing vLLM was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    args = make_config(tmp_path, use_vllm=True, vllm_mode="colocate")
+    with pytest.raises(ImportError, match=r"use_vllm=True but vLLM is not installed.*hpt-trl\[vllm\]"):
+        HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+
+
+def test_vllm_arguments_map_from_the_command_line(tmp_path):
+    """The vLLM options of a recipe reach HPTConfig unchanged (server mode, colocate sizing)."""
+    from trl import ModelConfig, TrlParser
+
+    from hpt_trl.data import HPTScriptArguments
+
+    parser = TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))
+    _, args, _ = parser.parse_args_and_config(
+        args=[
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--per_device_train_batch_size",
+            "8",
+            "--num_generations",
+            "8",
+            "--use_vllm",
+            "true",
+            "--vllm_mode",
+            "server",
+            "--vllm_server_base_url",
+            "http://127.0.0.1:8000",
+            "--vllm_tensor_parallel_size",
+            "2",
+            "--vllm_gpu_memory_utilization",
+            "0.3",
+            "--vllm_importance_sampling_correction",
+            "true",
+        ]
+    )
+    assert args.use_vllm is True and args.vllm_mode == "server"
+    assert args.vllm_server_base_url == "http://127.0.0.1:8000"
+    assert args.vllm_tensor_parallel_size == 2 and args.vllm_gpu_memory_utilization == 0.3
+    assert args.vllm_importance_sampling_correction is True

@@ -67,6 +67,7 @@ def test_recipe_with_command_line_overrides(recipe, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     card = (out / "README.md").read_text()
     assert "HPT" in card and "2509.04419" in card and "recipe.yaml" in card
+    assert "## Final training metrics" in card and "`hpt/sft_prompt_ratio` | 0 |" in card
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run(recipe, tmp_path):
