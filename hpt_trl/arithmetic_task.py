@@ -1,0 +1,431 @@
+"""A built-in reasoning task with verifiable answers: multi-step integer arithmetic with worked demonstrations.
+
+HPT needs prompts with a checkable answer (for the RL reward and for counting correct rollouts) and an expert
+demonstration per prompt (for the SFT branch). This module generates both offline, deterministically for a seed:
+
+    prompt:         "Compute 37+48-19."
+    demonstration:  "37+48=85\\n85-19=66\\n\\boxed{66}"
+    solution:       "66"
+
+Each line of a demonstration is one operation, evaluated left to right, and the answer is in the last `\\boxed{}`,
+which is where the project's math-verify reward looks for it.
+
+Difficulty is the number of operations, one line of reasoning each. Every level draws its operands from the same
+range, so a harder problem is a chain of steps of exactly the easy kind: a model that can add and subtract two
+numbers has the skill a hard problem needs but not the multi-step format, which is the paper's motivating case of a
+base model that solves some easy problems and none of the hard ones.
+
+    difficulty 1 (easy):  `a±b`,      1 step,  e.g. "Compute 37+48."    -> "37+48=85\\n\\boxed{85}"
+    difficulty 2 (hard):  `a±b±c`,    2 steps, e.g. "Compute 37+48-19." -> "37+48=85\\n85-19=66\\n\\boxed{66}"
+    difficulty k:         k operations, k steps
+
+Operands are integers in `[1, max_operand]` (never 0, so every step changes the value and a reasoning chain that
+stops one step short is always wrong) and every intermediate result is non-negative, so no number has a sign.
+
+The held-out split is fixed by the problem itself: a problem is held out if and only if a hash of its expression
+falls in a fixed bucket. Training problems are only ever drawn outside that bucket, so no training set (of any seed,
+size or difficulty, including the base model's pretraining data) shares a problem with any held-out set.
+"""
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+EASY_DIFFICULTY = 1
+HARD_DIFFICULTY = 2
+DEFAULT_MAX_OPERAND = 99
+
+# One in `_HELD_OUT_MODULUS` problems is held out. With two-digit operands the easy level alone has ~15k distinct
+# problems, so the held-out pool (~3k) is large enough for any evaluation set the demo needs.
+_HELD_OUT_MODULUS = 5
+
+# The held-out set is drawn with this seed unless the caller picks another, so runs with different training seeds
+# are evaluated on the same problems.
+DEFAULT_EVAL_SEED = 1234
+
+# Rejection sampling gives up after this many draws per requested problem, so asking for more distinct held-out
+# problems than exist fails loudly instead of looping forever.
+_MAX_DRAWS_PER_PROBLEM = 1000
+
+
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    """
+    One arithmetic problem.
+
+    Args:
+        expression (`str`):
+            The expression without spaces, e.g. `"37+48-19"`.
+        question (`str`):
+            The user prompt, e.g. `"Compute 37+48-19."`.
+        demonstration (`str`):
+            The worked solution: one line per operation, then the boxed answer.
+        answer (`int`):
+            The value of the expression.
+        difficulty (`int`):
+            The number of operations.
+    """
+
+    expression: str
+    question: str
+    demonstration: str
+    answer: int
+    difficulty: int
+
+
+def is_held_out(expression: str) -> bool:
+    """Whether `expression` belongs to the fixed held-out split (a stable hash, not Python's salted `hash`)."""
+    digest = hashlib.sha256(expression.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % _HELD_OUT_MODULUS == 0
+
+
+def sample_problem(
+    rng: random.Random, difficulty: int = EASY_DIFFICULTY, max_operand: int = DEFAULT_MAX_OPERAND
+) -> ArithmeticProblem:
+    """
+    Draw one problem with `difficulty` operations (`+` or `-`, each with probability 1/2) on operands in
+    `[1, max_operand]`, keeping every intermediate result non-negative.
+
+    Args:
+        rng (`random.Random`):
+            Source of randomness; the problem is a deterministic function of its state.
+        difficulty (`int`, *optional*, defaults to `1`):
+            Number of operations, i.e. reasoning steps.
+        max_operand (`int`, *optional*, defaults to `99`):
+            Largest operand.
+    """
+    if difficulty < 1:
+        raise ValueError(f"difficulty must be a positive number of operations, got {difficulty}")
+    if max_operand < 1:
+        raise ValueError(f"max_operand must be at least 1, got {max_operand}")
+    value = rng.randint(1, max_operand)
+    expression = str(value)
+    steps = []
+    for _ in range(difficulty):
+        # Drawing the subtrahend from [1, value] keeps the result non-negative without rejecting draws; when the
+        # value is 0 there is nothing to subtract, so the step is an addition.
+        if value >= 1 and rng.random() < 0.5:
+            operand = rng.randint(1, min(value, max_operand))
+            result = value - operand
+            op = "-"
+        else:
+            operand = rng.randint(1, max_operand)
+            result = value + operand
+            op = "+"
+        steps.append(f"{value}{op}{operand}={result}")
+        expression += f"{op}{operand}"
+        value = result
+    demonstration = "\n".join(steps) + f"\n\\boxed{{{value}}}"
+    return ArithmeticProblem(
+        expression=expression,
+        question=f"Compute {expression}.",
+        demonstration=demonstration,
+        answer=value,
+        difficulty=difficulty,
+    )
+
+
+def _normalize_mixture(difficulty: int | Mapping[int, float]) -> list[tuple[int, float]]:
+    if isinstance(difficulty, int):
+        return [(difficulty, 1.0)]
+    items = sorted((int(level), float(weight)) for level, weight in difficulty.items())
+    total = sum(weight for _, weight in items)
+    if not items or total <= 0 or any(weight < 0 for _, weight in items):
+        raise ValueError(f"difficulty mixture needs non-negative weights with a positive sum, got {difficulty}")
+    return [(level, weight / total) for level, weight in items]
+
+
+def _split_counts(num_problems: int, mixture: list[tuple[int, float]]) -> list[tuple[int, int]]:
+    """Largest-remainder rounding, so the counts sum to `num_problems` and follow the fractions as closely as possible."""
+    exact = [(level, weight * num_problems) for level, weight in mixture]
+    counts = {level: math.floor(x) for level, x in exact}
+    remainder = num_problems - sum(counts.values())
+    by_remainder = sorted(exact, key=lambda item: (math.floor(item[1]) - item[1], item[0]))
+    for level, _ in by_remainder[:remainder]:
+        counts[level] += 1
+    return [(level, counts[level]) for level, _ in mixture]
+
+
+def generate_problems(
+    num_problems: int,
+    difficulty: int | Mapping[int, float] = EASY_DIFFICULTY,
+    seed: int = 0,
+    held_out: bool = False,
+    max_operand: int = DEFAULT_MAX_OPERAND,
+) -> list[ArithmeticProblem]:
+    """
+    Generate problems from the training split or the held-out split, deterministically for `seed`.
+
+    Args:
+        num_problems (`int`):
+            Number of problems.
+        difficulty (`int` or `Mapping[int, float]`, *optional*, defaults to `1`):
+            Number of operations, or a mixture `{difficulty: fraction}` such as `{1: 0.5, 2: 0.5}`. Fractions are
+            normalised and turned into exact counts; problems of all levels are then shuffled together.
+        seed (`int`, *optional*, defaults to `0`):
+            Random seed.
+        held_out (`bool`, *optional*, defaults to `False`):
+            Draw from the held-out split instead of the training split. Held-out problems are distinct from each other
+            (repeats would weight some problems twice in an accuracy); training problems are i.i.d. draws and may
+            repeat when the level has few distinct problems.
+        max_operand (`int`, *optional*, defaults to `99`):
+            Largest operand.
+    """
+    rng = random.Random(f"arithmetic-{seed}-{'held_out' if held_out else 'train'}")
+    problems = []
+    for level, count in _split_counts(num_problems, _normalize_mixture(difficulty)):
+        seen = set()
+        taken = 0
+        for _ in range(count * _MAX_DRAWS_PER_PROBLEM):
+            if taken == count:
+                break
+            problem = sample_problem(rng, level, max_operand)
+            if is_held_out(problem.expression) != held_out or (held_out and problem.expression in seen):
+                continue
+            seen.add(problem.expression)
+            problems.append(problem)
+            taken += 1
+        if taken < count:
+            raise ValueError(
+                f"could only draw {taken} of {count} distinct held-out problems of difficulty {level} with "
+                f"max_operand={max_operand}; ask for fewer or raise max_operand"
+            )
+    rng.shuffle(problems)
+    return problems
+
+
+def problems_to_dataset(problems: list[ArithmeticProblem]) -> Dataset:
+    """
+    Convert problems to a conversational `Dataset` with columns `prompt` (a single user message), `demonstration`
+    (the worked solution, the SFT target), `solution` (the answer as a string, for the reward) and `difficulty`.
+    """
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p.question}] for p in problems],
+            "demonstration": [p.demonstration for p in problems],
+            "solution": [str(p.answer) for p in problems],
+            "difficulty": [p.difficulty for p in problems],
+        }
+    )
+
+
+def make_arithmetic_datasets(
+    num_train: int,
+    num_eval: int,
+    difficulty: int | Mapping[int, float] = EASY_DIFFICULTY,
+    seed: int = 0,
+    eval_seed: int = DEFAULT_EVAL_SEED,
+    max_operand: int = DEFAULT_MAX_OPERAND,
+) -> tuple[Dataset, Dataset]:
+    """
+    Build the training and held-out datasets of the arithmetic task.
+
+    Args:
+        num_train (`int`):
+            Number of training problems.
+        num_eval (`int`):
+            Number of held-out problems, all distinct.
+        difficulty (`int` or `Mapping[int, float]`, *optional*, defaults to `1`):
+            Number of operations, or a mixture such as `{EASY_DIFFICULTY: 0.5, HARD_DIFFICULTY: 0.5}`. The held-out
+            set follows the same mixture; its `difficulty` column lets accuracy be reported per level.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the training set.
+        eval_seed (`int`, *optional*, defaults to `1234`):
+            Seed of the held-out set, fixed by default so that every training seed is evaluated on the same problems.
+        max_operand (`int`, *optional*, defaults to `99`):
+            Largest operand.
+
+    Returns:
+        `tuple[Dataset, Dataset]`: the training and held-out datasets, with columns `prompt`, `demonstration`,
+        `solution` and `difficulty`. No problem is in both.
+
+    Example:
+
+    ```python
+    >>> train, test = make_arithmetic_datasets(1000, 100, {EASY_DIFFICULTY: 0.5, HARD_DIFFICULTY: 0.5})
+    >>> train[0]["prompt"]
+    [{'role': 'user', 'content': 'Compute 94-61.'}]
+    ```
+    """
+    train = generate_problems(num_train, difficulty, seed=seed, held_out=False, max_operand=max_operand)
+    held_out = generate_problems(num_eval, difficulty, seed=eval_seed, held_out=True, max_operand=max_operand)
+    return problems_to_dataset(train), problems_to_dataset(held_out)
+
+
+@dataclass
+class EvalResult:
+    """
+    Held-out accuracy of a model.
+
+    Args:
+        accuracy (`float`):
+            Fraction of all sampled completions that are correct (with one greedy sample, the greedy accuracy; with
+            `n` samples, the unbiased estimate of pass@1).
+        correct_counts (`list[int]`):
+            Number of correct completions per problem, in dataset order.
+        num_samples (`int`):
+            Completions per problem.
+        completions (`list[list[str]]`):
+            The decoded completions per problem.
+    """
+
+    accuracy: float
+    correct_counts: list[int]
+    num_samples: int
+    completions: list[list[str]] = field(repr=False)
+
+    def pass_at_k(self, k: int) -> float:
+        """Unbiased pass@k (Chen et al., 2021), averaged over problems; needs `1 <= k <= num_samples`."""
+        from .evaluation.metrics import pass_at_k
+
+        scores = [pass_at_k(self.num_samples, count, k) for count in self.correct_counts]
+        return sum(scores) / len(scores) if scores else 0.0
+
+    def accuracy_by(self, groups: list) -> dict:
+        """Accuracy per group label (e.g. the dataset's `difficulty` column), in the order the labels first appear."""
+        totals: dict = {}
+        for label, count in zip(groups, self.correct_counts, strict=True):
+            correct, seen = totals.get(label, (0, 0))
+            totals[label] = (correct + count, seen + self.num_samples)
+        return {label: correct / seen for label, (correct, seen) in totals.items()}
+
+
+def generate_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]]],
+    num_samples: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[list[str]]:
+    """
+    Generate `num_samples` completions per conversational prompt, in batches with the tokenizer's chat template and
+    left padding, and return the decoded text without special tokens.
+
+    Sampling is pure temperature sampling (no top-k/top-p truncation). The caller's global RNG is left untouched.
+    """
+    if num_samples > 1 and not do_sample:
+        raise ValueError(
+            "greedy decoding gives the same completion every time; set do_sample=True for num_samples > 1"
+        )
+    texts = [tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) for prompt in prompts]
+    if do_sample:
+        # TRL's GRPOConfig defaults, so sampled accuracy measures the distribution RL rollouts are drawn from.
+        sampling_kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    else:
+        sampling_kwargs = {"do_sample": False}
+    was_training = model.training
+    model.eval()
+    completions = []
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed)
+            # Batches hold `batch_size` sequences, not prompts, so memory does not grow with `num_samples`.
+            prompts_per_batch = max(1, batch_size // num_samples)
+            for start in range(0, len(texts), prompts_per_batch):
+                batch = tokenizer(
+                    texts[start : start + prompts_per_batch],
+                    return_tensors="pt",
+                    padding=True,
+                    padding_side="left",
+                    add_special_tokens=False,
+                ).to(model.device)
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=num_samples,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **sampling_kwargs,
+                )
+                decoded = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+                completions.extend(decoded[i : i + num_samples] for i in range(0, len(decoded), num_samples))
+    finally:
+        model.train(was_training)
+    return completions
+
+
+def grade_completions(completions: list[list[str]], solutions: list[str]) -> list[int]:
+    """Number of completions per problem whose last `\\boxed{}` answer math-verifies against the solution."""
+    from .rewards import verify_answer
+
+    return [
+        sum(verify_answer(completion, solution) for completion in group)
+        for group, solution in zip(completions, solutions, strict=True)
+    ]
+
+
+def evaluate_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    num_samples: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> EvalResult:
+    """
+    Held-out accuracy of `model` on a dataset with `prompt` and `solution` columns, graded with the project's
+    math-verify `verify_answer`.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]):
+            Causal LM to evaluate; its train/eval mode is restored afterwards.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer with a chat template.
+        dataset ([`~datasets.Dataset`]):
+            Dataset from [`make_arithmetic_datasets`] (or any with conversational `prompt` and `solution` columns).
+        num_samples (`int`, *optional*, defaults to `1`):
+            Completions per problem; more than one needs `do_sample=True`.
+        do_sample (`bool`, *optional*, defaults to `False`):
+            Sample with `temperature` instead of decoding greedily.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature.
+        max_new_tokens (`int` or `None`, *optional*, defaults to `None`):
+            Generation budget. `None` allows the longest demonstration in `dataset` plus a margin (or 64 tokens when
+            there is no `demonstration` column), enough for a correct answer without paying for long rambling.
+        batch_size (`int`, *optional*, defaults to `64`):
+            Sequences generated at once.
+        seed (`int`, *optional*, defaults to `0`):
+            Sampling seed.
+
+    Returns:
+        [`EvalResult`]: accuracy, per-problem correct counts (for pass@k) and the completions.
+    """
+    if max_new_tokens is None:
+        if "demonstration" in dataset.column_names:
+            lengths = [
+                len(ids) for ids in tokenizer(list(dataset["demonstration"]), add_special_tokens=False)["input_ids"]
+            ]
+            max_new_tokens = max(lengths, default=0) + 16
+        else:
+            max_new_tokens = 64
+    completions = generate_completions(
+        model,
+        tokenizer,
+        list(dataset["prompt"]),
+        num_samples=num_samples,
+        do_sample=do_sample,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    correct_counts = grade_completions(completions, list(dataset["solution"]))
+    total = num_samples * len(correct_counts)
+    accuracy = sum(correct_counts) / total if total else 0.0
+    return EvalResult(
+        accuracy=accuracy, correct_counts=correct_counts, num_samples=num_samples, completions=completions
+    )
