@@ -11,6 +11,10 @@ Every field of `HPTScriptArguments` (data), `HPTConfig` (HPT and everything of T
     # anything from the command line
     python train.py --config recipes/qwen2.5-math-1.5b/hpt.yaml --gamma 1 --output_dir outputs/gamma1
 
+    # the offline demo (no arguments): HPT on the built-in arithmetic task, on CPU; or a baseline of the paper
+    python train.py
+    python train.py --config recipes/toy_hpt.yaml --method grpo --output_dir outputs/toy-grpo
+
 The run resumes from the newest checkpoint in `output_dir` (or `--resume_from_checkpoint PATH`), saves the model with
 a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set.
 """
@@ -18,6 +22,7 @@ a model card naming HPT, the paper and the recipe, and pushes it to the Hub when
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,9 +34,20 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hpt_trl import HPTConfig, HPTTrainer
 from hpt_trl.data import HPTScriptArguments, get_reward_funcs, load_hpt_dataset
+from hpt_trl.demo import (
+    BUILTIN_DATASET,
+    BUILTIN_MODEL,
+    ArithmeticTaskArguments,
+    HeldOutAccuracyCallback,
+    MetricsFileCallback,
+    heldout_accuracy,
+    plot_training_dynamics,
+)
 
 
 logger = get_logger(__name__)
+
+DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "toy_hpt.yaml"
 
 
 def resolve_checkpoint(training_args: HPTConfig) -> str | None:
@@ -49,14 +65,75 @@ def resolve_checkpoint(training_args: HPTConfig) -> str | None:
     return last
 
 
-def main(script_args: HPTScriptArguments, training_args: HPTConfig, model_args: ModelConfig) -> HPTTrainer:
+def main(
+    script_args: HPTScriptArguments,
+    training_args: HPTConfig,
+    model_args: ModelConfig,
+    task_args: ArithmeticTaskArguments | None = None,
+) -> HPTTrainer:
+    task_args = task_args or ArithmeticTaskArguments()
+    if script_args.method == "sft_then_grpo":
+        return train_sft_then_grpo(script_args, training_args, model_args, task_args)
+    training_args.gamma = {"hpt": training_args.gamma, "sft": training_args.num_generations, "grpo": -1}[
+        script_args.method
+    ]
+    return train(script_args, training_args, model_args, task_args)
+
+
+def train_sft_then_grpo(script_args, training_args, model_args, task_args) -> HPTTrainer:
+    """The paper's SFT->GRPO baseline at the same budget: SFT for half of `max_steps`, then GRPO from that model."""
+    sft_steps = training_args.max_steps // 2
+    if sft_steps < 1:
+        raise ValueError("method=sft_then_grpo splits max_steps in two stages: set max_steps to at least 2.")
+    stage_one = stage_config(
+        training_args,
+        gamma=training_args.num_generations,
+        max_steps=sft_steps,
+        output_dir=str(Path(training_args.output_dir) / "stage1-sft"),
+    )
+    # Both stages log into one metrics file, on one step axis.
+    metrics_path = Path(training_args.output_dir) / "metrics.jsonl"
+    first = train(script_args, stage_one, model_args, task_args, metrics_path=metrics_path)
+    stage_two = stage_config(training_args, gamma=-1, max_steps=training_args.max_steps - sft_steps)
+    model_two = replace(model_args, model_name_or_path=stage_one.output_dir)
+    return train(
+        script_args,
+        stage_two,
+        model_two,
+        task_args,
+        metrics_path=metrics_path,
+        step_offset=sft_steps,
+        accuracy_before=first.accuracy_before,
+    )
+
+
+def stage_config(training_args: HPTConfig, **changes) -> HPTConfig:
+    # __post_init__ derived generation_batch_size from steps_per_generation (or the reverse), and refuses both set.
+    return replace(training_args, generation_batch_size=None, **changes)
+
+
+def train(
+    script_args,
+    training_args,
+    model_args,
+    task_args,
+    metrics_path: Path | None = None,
+    step_offset: int = 0,
+    accuracy_before: dict | None = None,
+) -> HPTTrainer:
     set_seed(training_args.seed)
+    builtin_task = script_args.dataset_name == BUILTIN_DATASET
+    if model_args.model_name_or_path == BUILTIN_MODEL:
+        model_args = replace(model_args, model_name_or_path=task_args.base_model())
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
-    train_dataset = load_hpt_dataset(**script_args.loader_kwargs(), tokenizer=tokenizer)
+    if builtin_task:
+        train_dataset, eval_dataset = task_args.datasets(seed=training_args.seed)
+    else:
+        train_dataset, eval_dataset = load_hpt_dataset(**script_args.loader_kwargs(), tokenizer=tokenizer), None
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
 
     model_init_kwargs = dict(
@@ -67,6 +144,7 @@ def main(script_args: HPTScriptArguments, training_args: HPTConfig, model_args: 
     )
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
 
+    metrics_path = metrics_path or Path(training_args.output_dir) / "metrics.jsonl"
     trainer = HPTTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -75,15 +153,48 @@ def main(script_args: HPTScriptArguments, training_args: HPTConfig, model_args: 
         processing_class=tokenizer,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        callbacks=[MetricsFileCallback(metrics_path, step_offset=step_offset)],
     )
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    checkpoint = resolve_checkpoint(training_args)
+    if eval_dataset is not None:
+        if accuracy_before is None and checkpoint is None and trainer.is_world_process_zero():
+            accuracy_before = heldout_accuracy(trainer.model, tokenizer, eval_dataset)
+            trainer.callback_handler.on_log(training_args, trainer.state, trainer.control, logs=accuracy_before)
+        trainer.add_callback(HeldOutAccuracyCallback(trainer, eval_dataset, every=task_args.heldout_eval_steps))
+    trainer.accuracy_before = accuracy_before
+    trainer.train(resume_from_checkpoint=checkpoint)
 
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name, tags=recipe_tags())
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=recipe_tags())
         logger.info(f"Pushed to https://huggingface.co/{trainer.hub_model_id}")
+    if eval_dataset is not None and trainer.is_world_process_zero():
+        report_demo(trainer, script_args, metrics_path, task_args)
     return trainer
+
+
+def report_demo(trainer: HPTTrainer, script_args, metrics_path: Path, task_args: ArithmeticTaskArguments) -> None:
+    """The demo's last words: held-out accuracy before and after, and the training-dynamics figure."""
+    after = [entry for entry in trainer.state.log_history if "heldout/accuracy" in entry][-1]
+    before = trainer.accuracy_before or {}
+    parts = [
+        f"{name} {before.get(key, float('nan')):.3f} -> {after.get(key, float('nan')):.3f}"
+        for name, key in (
+            ("all", "heldout/accuracy"),
+            ("easy", "heldout/accuracy_easy"),
+            ("hard", "heldout/accuracy_hard"),
+        )
+    ]
+    if task_args.plot:
+        figure = plot_training_dynamics(
+            metrics_path, Path(trainer.args.output_dir) / "training_dynamics.png", title=script_args.method.upper()
+        )
+        if figure is not None:
+            print(f"Training dynamics: {figure}")
+    print(
+        f"Held-out accuracy (greedy, {task_args.task_num_eval} problems, {script_args.method}): " + " | ".join(parts)
+    )
 
 
 def recipe_tags() -> list[str]:
@@ -94,7 +205,12 @@ def recipe_tags() -> list[str]:
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))
+    return TrlParser((HPTScriptArguments, HPTConfig, ModelConfig, ArithmeticTaskArguments))
+
+
+def command_line(argv: list[str]) -> list[str]:
+    """With no arguments, train.py is the offline demo: HPT on the built-in arithmetic task, on CPU."""
+    return argv or ["--config", str(DEMO_RECIPE)]
 
 
 def cpu_deepspeed_arguments() -> list[str]:
@@ -115,8 +231,7 @@ def cpu_deepspeed_arguments() -> list[str]:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = sys.argv[1:] + cpu_deepspeed_arguments()
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
-    trainer = main(script_args, training_args, model_args)
+    argv = command_line(sys.argv[1:]) + cpu_deepspeed_arguments()
+    trainer = main(*make_parser().parse_args_and_config(args=argv))
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, tear down the process group
         trainer.end()

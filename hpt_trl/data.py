@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 HPT_DATASET_NAME = "Elliott/Openr1-Math-46k-8192"
 PROMPT_TEMPLATES = ("chat", "llama", "none")
+METHODS = ("hpt", "sft", "grpo", "sft_then_grpo")
 # The base-model template of the paper's Llama-3.1-8B runs: a base model has no chat template, so the problem is
 # wrapped in plain text that ends where the model should start reasoning.
 LLAMA_PROMPT_TEMPLATE = "Question:\n{problem}\nAnswer:\nLet's think step by step."
@@ -111,6 +112,10 @@ class HPTScriptArguments(ScriptArguments):
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
             Names of the reward functions, keys of [`REWARD_FUNCS`]: `"accuracy"` (binary, boxed answer, the paper's
             reward) and `"format"`.
+        method (`str`, *optional*, defaults to `"hpt"`):
+            `"hpt"` trains with the recipe's `gamma`; the paper's baselines are the same trainer with another gate:
+            `"sft"` (`gamma = num_generations`: every prompt SFT), `"grpo"` (`gamma = -1`) and `"sft_then_grpo"` (SFT
+            for the first half of `max_steps`, then GRPO from that checkpoint for the rest).
     """
 
     dataset_name: str | None = field(
@@ -155,8 +160,18 @@ class HPTScriptArguments(ScriptArguments):
         default_factory=lambda: ["accuracy"],
         metadata={"help": f"Reward function names, from {sorted(REWARD_FUNCS)}."},
     )
+    method: str = field(
+        default="hpt",
+        metadata={
+            "help": "Training method: 'hpt' (the recipe's gamma), 'sft' (gamma = num_generations), 'grpo' "
+            "(gamma = -1) or 'sft_then_grpo' (SFT for the first half of max_steps, then GRPO from it).",
+            "choices": list(METHODS),
+        },
+    )
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.prompt_template not in PROMPT_TEMPLATES:
             raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {self.prompt_template!r}.")
         for name in ("max_demonstration_tokens", "max_demonstration_chars", "max_prompt_tokens"):

@@ -39,8 +39,11 @@ class HPTConfig(GRPOConfig):
             Weight of the RL term: TRL's loss for `loss_type` on the micro-batch, in which only the rollouts of
             prompts that were not gated carry loss tokens. Token-normalised types (`"dapo"`, `"bnpo"`, `"cispo"`,
             `"vespo"`) average over those tokens; per-row ones (`"dr_grpo"`, `"grpo"`, `"luspo"`, `"sapo"`) keep
-            TRL's constant denominator (rows per micro-batch), which for `"dr_grpo"` is the authors' constant
-            normaliser (token sum over maximum length) up to a constant factor.
+            TRL's constant denominator (rows per micro-batch times, for `"dr_grpo"`, `max_completion_length`).
+            The authors' actor divides the token sum of the RL rows by the maximum length only, not by the number of
+            rows, while the SFT term is a token mean in both. So with `"dr_grpo"`, `rl_loss_coef` equal to
+            `per_device_train_batch_size` gives the authors' weighting of the RL term against the SFT term; `1.0`
+            gives TRL's, in which RL weighs that many times less.
         demonstration_column (`str`, *optional*, defaults to `"demonstration"`):
             Dataset column holding each prompt's expert solution. A string, or (conversational datasets) a list holding
             one assistant message, as the `target` column of the authors' dataset `Elliott/Openr1-Math-46k-8192`.

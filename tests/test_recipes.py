@@ -5,7 +5,8 @@ import yaml
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+TOY_RECIPES = sorted((ROOT / "recipes").glob("toy_*.yaml"))
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(TOY_RECIPES))
 ACCELERATE_CONFIGS = ROOT / "accelerate_configs"
 PAPER_MODELS = {
     # model directory: (gamma of the HPT recipe, sft_loss_coef, prompt_template), from the paper's scripts
@@ -18,15 +19,15 @@ NUM_PAPER_GPUS = 8
 
 
 def _parse(path: Path):
-    from trl import ModelConfig, TrlParser
+    import sys
 
-    from hpt_trl import HPTConfig
-    from hpt_trl.data import HPTScriptArguments
+    sys.path.insert(0, str(ROOT))
+    from train import make_parser
 
-    parser = TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))
     # The recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU unless use_cpu is set; the
-    # override changes nothing else, so every other value is validated as a GPU run would validate it.
-    return parser.parse_args_and_config(args=["--config", str(path), "--use_cpu", "true"])
+    # override changes nothing else, so every other value is validated as a GPU run would validate it. The parser is
+    # train.py's own, so a recipe that parses here is one train.py accepts.
+    return make_parser().parse_args_and_config(args=["--config", str(path), "--use_cpu", "true"])[:3]
 
 
 def test_recipes_exist():
@@ -124,3 +125,23 @@ def test_accelerate_config(name, distributed_type, num_processes, zero_stage, of
     if name == "multi_node":
         assert config["num_machines"] == 2 and config["machine_rank"] == 0
         assert {"main_process_ip", "main_process_port"} <= set(config)
+
+
+@pytest.mark.parametrize("path", TOY_RECIPES, ids=lambda p: p.name)
+def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
+    from hpt_trl.demo import BUILTIN_DATASET, BUILTIN_MODEL
+
+    script_args, args, model_args = _parse(path)
+    assert script_args.method == path.stem.removeprefix("toy_")
+    assert script_args.dataset_name == BUILTIN_DATASET and model_args.model_name_or_path == BUILTIN_MODEL
+    assert args.use_cpu and not args.bf16 and not args.use_vllm
+    reference = _parse(TOY_RECIPES[0])[1]
+    # The methods differ in the gate only: same budget, data, optimisation.
+    for field in ("max_steps", "learning_rate", "per_device_train_batch_size", "num_generations", "seed"):
+        assert getattr(args, field) == getattr(reference, field), field
+
+
+def test_every_demo_method_has_a_toy_recipe():
+    from hpt_trl.data import METHODS
+
+    assert sorted(p.stem.removeprefix("toy_") for p in TOY_RECIPES) == sorted(METHODS)

@@ -1,0 +1,184 @@
+"""
+The offline demo: the built-in arithmetic task and base model behind `train.py`'s default recipe, and what it
+records (metrics JSONL, held-out accuracy during training, the training-dynamics figure).
+
+A recipe selects the task with `dataset_name: builtin:arithmetic` and the pretrained base with
+`model_name_or_path: builtin:arithmetic-base`; everything else goes through the same `main()` as the paper recipes.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, evaluate_accuracy, make_arithmetic_datasets
+from .base_model import get_base_model
+
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DATASET = "builtin:arithmetic"
+BUILTIN_MODEL = "builtin:arithmetic-base"
+
+
+@dataclass
+class ArithmeticTaskArguments:
+    r"""
+    Options of the built-in arithmetic task, used when `dataset_name` is `builtin:arithmetic` (ignored otherwise).
+
+    Parameters:
+        task_num_train (`int`, *optional*, defaults to `4000`):
+            Training problems.
+        task_num_eval (`int`, *optional*, defaults to `200`):
+            Held-out problems (a fixed set, the same for every seed and method).
+        task_hard_fraction (`float`, *optional*, defaults to `0.5`):
+            Share of hard (two-step) problems in both sets; the rest are easy (one step).
+        task_max_operand (`int`, *optional*, defaults to `99`):
+            Largest operand.
+        base_model_cache (`str`, *optional*, defaults to `".cache/hpt-trl"`):
+            Folder where the pretrained base model is cached, keyed by its settings.
+        base_model_seed (`int`, *optional*, defaults to `0`):
+            Seed of the base model. Kept apart from the training seed, so every method and seed starts from one base.
+        base_model_max_steps (`int`, *optional*, defaults to `1200`):
+            Most pretraining steps of the base model.
+        base_model_target_accuracy (`float`, *optional*, defaults to `0.4`):
+            Pretraining stops once the base's greedy accuracy on validation problems (easy, from the training split)
+            reaches this; `-1` trains for exactly `base_model_max_steps`.
+        heldout_eval_steps (`int`, *optional*, defaults to `10`):
+            Greedy held-out accuracy is measured every this many steps (and before and after training); `0` only
+            before and after.
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `training_dynamics.png` in `output_dir` at the end (needs matplotlib).
+    """
+
+    task_num_train: int = field(default=4000, metadata={"help": "Training problems of the built-in task."})
+    task_num_eval: int = field(default=200, metadata={"help": "Held-out problems of the built-in task."})
+    task_hard_fraction: float = field(default=0.5, metadata={"help": "Share of hard (two-step) problems."})
+    task_max_operand: int = field(default=99, metadata={"help": "Largest operand of the built-in task."})
+    base_model_cache: str = field(default=".cache/hpt-trl", metadata={"help": "Cache folder of the base model."})
+    base_model_seed: int = field(default=0, metadata={"help": "Seed of the built-in base model."})
+    base_model_max_steps: int = field(default=1200, metadata={"help": "Most pretraining steps of the base model."})
+    base_model_target_accuracy: float = field(
+        default=0.4, metadata={"help": "Stop pretraining at this validation accuracy (-1: run all steps)."}
+    )
+    heldout_eval_steps: int = field(default=10, metadata={"help": "Held-out accuracy every N steps (0: ends only)."})
+    plot: bool = field(default=True, metadata={"help": "Write training_dynamics.png at the end."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.task_hard_fraction <= 1.0:
+            raise ValueError(f"task_hard_fraction must be in [0, 1], got {self.task_hard_fraction}.")
+        for name in ("task_num_train", "task_num_eval", "task_max_operand"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.heldout_eval_steps < 0:
+            raise ValueError(f"heldout_eval_steps must be >= 0, got {self.heldout_eval_steps}.")
+
+    def datasets(self, seed: int):
+        mixture = {EASY_DIFFICULTY: 1.0 - self.task_hard_fraction, HARD_DIFFICULTY: self.task_hard_fraction}
+        mixture = {level: share for level, share in mixture.items() if share > 0}
+        return make_arithmetic_datasets(
+            self.task_num_train, self.task_num_eval, mixture, seed=seed, max_operand=self.task_max_operand
+        )
+
+    def base_model(self) -> str:
+        target = None if self.base_model_target_accuracy < 0 else self.base_model_target_accuracy
+        path = get_base_model(
+            self.base_model_cache,
+            seed=self.base_model_seed,
+            max_operand=self.task_max_operand,
+            num_steps=self.base_model_max_steps,
+            target_accuracy=target,
+        )
+        return str(path)
+
+
+def heldout_accuracy(model, tokenizer, eval_dataset) -> dict[str, float]:
+    """Greedy held-out accuracy, overall and per difficulty level (`easy`, `hard`)."""
+    result = evaluate_accuracy(model, tokenizer, eval_dataset)
+    names = {EASY_DIFFICULTY: "easy", HARD_DIFFICULTY: "hard"}
+    by_level = result.accuracy_by(list(eval_dataset["difficulty"]))
+    return {"heldout/accuracy": result.accuracy} | {
+        f"heldout/accuracy_{names.get(level, level)}": value for level, value in sorted(by_level.items())
+    }
+
+
+class MetricsFileCallback(TrainerCallback):
+    """
+    Appends every logged dict, with its step, as one JSON line of a file (`metrics.jsonl` in `output_dir`).
+
+    `step_offset` shifts the steps of a second training stage (SFT->GRPO) onto the same axis as the first.
+    """
+
+    def __init__(self, path: str | Path, step_offset: int = 0):
+        self.path, self.step_offset = Path(path), step_offset
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as file:
+                file.write(json.dumps({"step": self.step_offset + state.global_step, **logs}) + "\n")
+
+
+class HeldOutAccuracyCallback(TrainerCallback):
+    """Measures greedy held-out accuracy every `every` steps and at the end, and logs it with the training metrics."""
+
+    def __init__(self, trainer, eval_dataset, every: int):
+        self.trainer, self.eval_dataset, self.every = trainer, eval_dataset, every
+        self.last_step = None
+
+    def _measure(self, args, state, control):
+        if self.last_step == state.global_step:
+            return
+        self.last_step = state.global_step
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        metrics = heldout_accuracy(model, self.trainer.processing_class, self.eval_dataset)
+        # Not `trainer.log`: GRPOTrainer's log drains its metric buffers, which belong to the step's own log entry.
+        state.log_history.append({**metrics, "step": state.global_step})
+        self.trainer.callback_handler.on_log(args, state, control, logs=metrics)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:
+            self._measure(args, state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._measure(args, state, control)
+
+
+PLOTTED = (
+    ("heldout/accuracy", "held-out accuracy (greedy)"),
+    ("hpt/sft_prompt_ratio", "SFT prompt ratio (offline data ratio)"),
+    ("completions/mean_length", "mean response length (tokens)"),
+    ("entropy", "policy entropy (RL tokens)"),
+)
+
+
+def plot_training_dynamics(metrics_path: str | Path, output_path: str | Path, title: str = "") -> Path | None:
+    """Draw the paper's training-dynamics panels from a `metrics.jsonl`; returns the PNG path, or None without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no training_dynamics.png (pip install 'hpt-trl[plot]').")
+        return None
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    figure, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.2))
+    for axis, (key, label) in zip(axes, PLOTTED, strict=True):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3)
+        axis.set_title(label, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    output_path = Path(output_path)
+    figure.savefig(output_path, dpi=110)
+    plt.close(figure)
+    return output_path
