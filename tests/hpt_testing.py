@@ -99,3 +99,31 @@ def write_authors_parquet(path, num_rows: int = 8) -> str:
     ]
     pd.DataFrame(rows).to_parquet(path)
     return str(path)
+
+
+def write_tiny_recipe(folder, model_dir: str, **fields) -> str:
+    """A train.py recipe for the tiny model on `write_authors_parquet` data; `fields` add or override keys."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    values = {
+        "model_name_or_path": model_dir,
+        "dataset_name": write_authors_parquet(folder / "openr1.parquet"),
+        "max_prompt_tokens": 256,
+        "max_demonstration_tokens": 64,
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 24,
+        "learning_rate": "1.0e-3",
+        "lr_scheduler_type": "constant",
+        "gamma": 0,
+        "bf16": "false",
+        "report_to": "none",
+        "save_steps": 2,
+        "logging_steps": 1,
+        "seed": 0,
+        **fields,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in values.items()))
+    return str(path)

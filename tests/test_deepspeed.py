@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hpt_testing import write_authors_parquet
+from hpt_testing import write_tiny_recipe
 from safetensors.torch import load_file
 
 
@@ -20,7 +20,7 @@ pytestmark = [
 ]
 
 
-def launch(stage: int, recipe: Path, *overrides: str) -> None:
+def launch(stage: int, recipe: str, *overrides: str) -> None:
     command = [
         "accelerate",
         "launch",
@@ -32,7 +32,7 @@ def launch(stage: int, recipe: Path, *overrides: str) -> None:
         "no",
         str(ROOT / "train.py"),
         "--config",
-        str(recipe),
+        recipe,
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -42,29 +42,7 @@ def launch(stage: int, recipe: Path, *overrides: str) -> None:
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_and_resumes_exactly(stage, tiny_model_dir, tmp_path):
-    data = write_authors_parquet(tmp_path / "openr1.parquet")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        "\n".join(
-            [
-                f"model_name_or_path: {tiny_model_dir}",
-                f"dataset_name: {data}",
-                "max_prompt_tokens: 256",
-                "max_demonstration_tokens: 64",
-                "per_device_train_batch_size: 8",
-                "num_generations: 4",
-                "max_completion_length: 24",
-                "learning_rate: 1.0e-3",
-                "lr_scheduler_type: constant",
-                "gamma: 0",
-                "bf16: false",
-                "report_to: none",
-                "save_steps: 2",
-                "logging_steps: 1",
-                "seed: 0",
-            ]
-        )
-    )
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir)
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     launch(stage, recipe, "--output_dir", str(stopped), "--max_steps", "2")
     checkpoint = stopped / "checkpoint-2"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hpt_testing import write_authors_parquet
+from hpt_testing import write_tiny_recipe
 from safetensors.torch import load_file
 
 
@@ -15,34 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def recipe(tiny_model_dir, tmp_path) -> Path:
-    data = write_authors_parquet(tmp_path / "openr1.parquet")
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        "\n".join(
-            [
-                f"model_name_or_path: {tiny_model_dir}",
-                f"dataset_name: {data}",
-                "max_prompt_tokens: 256",
-                "max_demonstration_tokens: 64",
-                f"output_dir: {tmp_path / 'out'}",
-                "per_device_train_batch_size: 8",
-                "num_generations: 4",
-                "max_completion_length: 24",
-                "max_steps: 4",
-                "learning_rate: 1.0e-3",
-                "lr_scheduler_type: constant",
-                "gamma: 0",
-                "bf16: false",
-                "use_cpu: true",
-                "report_to: none",
-                "save_steps: 2",
-                "logging_steps: 1",
-                "seed: 0",
-            ]
-        )
-    )
-    return path
+def recipe(tiny_model_dir, tmp_path) -> str:
+    return write_tiny_recipe(tmp_path, tiny_model_dir, output_dir=tmp_path / "out", max_steps=4, use_cpu="true")
 
 
 def train(*args: str) -> None:
@@ -59,7 +33,7 @@ def history(output_dir: Path, step: int) -> list[dict]:
 
 
 def test_recipe_with_command_line_overrides(recipe, tmp_path):
-    train("--config", str(recipe), "--gamma", "-1", "--max_steps", "2")
+    train("--config", recipe, "--gamma", "-1", "--max_steps", "2")
     out = tmp_path / "out"
     logs = history(out, 2)
     assert len(logs) == 2
@@ -71,9 +45,9 @@ def test_recipe_with_command_line_overrides(recipe, tmp_path):
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run(recipe, tmp_path):
-    train("--config", str(recipe), "--max_steps", "2")  # stops after checkpoint-2
-    train("--config", str(recipe))  # picks up checkpoint-2 in output_dir by itself
-    train("--config", str(recipe), "--output_dir", str(tmp_path / "straight"))
+    train("--config", recipe, "--max_steps", "2")  # stops after checkpoint-2
+    train("--config", recipe)  # picks up checkpoint-2 in output_dir by itself
+    train("--config", recipe, "--output_dir", str(tmp_path / "straight"))
     resumed, straight = history(tmp_path / "out", 4), history(tmp_path / "straight", 4)
     assert [e["step"] for e in resumed] == [1, 2, 3, 4]
     keys = ("loss", "hpt/sft_prompt_ratio", "hpt/group_accuracy", "reward")
@@ -106,7 +80,7 @@ def test_push_to_hub_uploads_the_model_and_card(recipe, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     parser: TrlParser = train_script.make_parser()
     args = parser.parse_args_and_config(
-        args=["--config", str(recipe), "--max_steps", "1", "--push_to_hub", "true"]
+        args=["--config", recipe, "--max_steps", "1", "--push_to_hub", "true"]
         + ["--hub_model_id", "someone/tiny-hpt", "--hub_strategy", "end", "--save_strategy", "no"]
     )
     train_script.main(*args)
