@@ -9,7 +9,7 @@ from trl.import_utils import is_vllm_available
 from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
 
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
-from .gating import DEMONSTRATION_ROW, DROPPED_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
+from .gating import DEMONSTRATION_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
 from .hpt_config import HPTConfig
 from .sampler import EpochSeededRepeatSampler
 
@@ -146,13 +146,39 @@ class HPTTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
-        if not self.model.training or self.gamma < 0:
-            output = super()._generate_and_score_completions(inputs)
-            if self.model.training:
-                self._log_gate(count_correct_rollouts(self._gate_rewards, self.num_generations, self._threshold))
+        gating = self.model.training and self.gamma >= 0
+        if gating:
+            # Tokenize before generating, so a bad demonstration fails before any compute is spent on its batch.
+            demo_ids, demo_truncated = self._tokenize_demonstrations(inputs)
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
             return output
 
-        # Tokenize before generating, so a bad demonstration fails before any compute is spent on its batch.
+        correct_counts = count_correct_rollouts(self._gate_rewards, self.num_generations, self.args.correct_threshold)
+        num_truncated = 0
+        if gating:
+            gated = correct_counts <= self.gamma
+            kinds = assign_row_kinds(
+                gated.to(self.accelerator.device),
+                self.num_generations,
+                first_global_row=self.accelerator.process_index * len(inputs),
+                num_local_rows=len(inputs),
+            )
+            self._swap_in_demonstrations(output, kinds, demo_ids, any_gated=bool(gated.any()))
+            local = sum(t for t, kind in zip(demo_truncated, kinds.tolist(), strict=True) if kind == DEMONSTRATION_ROW)
+            num_truncated = int(self.accelerator.reduce(torch.tensor(local, device=kinds.device), "sum"))
+            if num_truncated and not self._warned_truncation:
+                logger.warning(
+                    f"{num_truncated} demonstration(s) of this batch are longer than max_completion_length="
+                    f"{self.max_completion_length} tokens (EOS included) and were truncated; the count is logged "
+                    "as `hpt/demo_truncated`. Raise max_completion_length or filter long demonstrations.",
+                    main_process_only=True,
+                )
+                self._warned_truncation = True
+        self._log_gate(correct_counts, num_truncated)
+        return output
+
+    def _tokenize_demonstrations(self, inputs: list[dict[str, Any]]) -> tuple[list[list[int]], list[bool]]:
         column = self.args.demonstration_column
         texts = []
         for row, example in enumerate(inputs):
@@ -162,42 +188,9 @@ class HPTTrainer(GRPOTrainer):
                     "point `demonstration_column` at the column with the expert solutions, or set gamma=-1."
                 )
             texts.append(demonstration_text(example[column], column, row))
-        demo_ids, demo_truncated = tokenize_demonstrations(
-            texts, self._tokenizer, self.max_completion_length, column=column
-        )
+        return tokenize_demonstrations(texts, self._tokenizer, self.max_completion_length, column=column)
 
-        output = super()._generate_and_score_completions(inputs)
-
-        correct_counts = count_correct_rollouts(self._gate_rewards, self.num_generations, self._threshold)
-        gated = correct_counts <= self.gamma
-        num_rows = len(inputs)
-        kinds = assign_row_kinds(
-            gated.to(self.accelerator.device),
-            self.num_generations,
-            first_global_row=self.accelerator.process_index * num_rows,
-            num_local_rows=num_rows,
-        )
-        self._swap_in_demonstrations(output, kinds, demo_ids, any_gated=bool(gated.any()))
-
-        is_demo = (kinds == DEMONSTRATION_ROW).tolist()
-        num_truncated = sum(t for t, d in zip(demo_truncated, is_demo, strict=True) if d)
-        num_truncated = int(self.accelerator.reduce(torch.tensor(num_truncated, device=kinds.device), "sum"))
-        if num_truncated and not self._warned_truncation:
-            logger.warning(
-                f"{num_truncated} demonstration(s) of this batch are longer than max_completion_length="
-                f"{self.max_completion_length} tokens (EOS included) and were truncated; the count is logged as "
-                "`hpt/demo_truncated`. Raise max_completion_length or filter long demonstrations.",
-                main_process_only=True,
-            )
-            self._warned_truncation = True
-        self._log_gate(correct_counts, num_truncated=num_truncated)
-        return output
-
-    @property
-    def _threshold(self) -> float:
-        return self.args.correct_threshold
-
-    def _log_gate(self, correct_counts: torch.Tensor, num_truncated: int = 0) -> None:
+    def _log_gate(self, correct_counts: torch.Tensor, num_truncated: int) -> None:
         metrics = self._metrics["train"]
         metrics["hpt/sft_prompt_ratio"].append((correct_counts <= self.gamma).float().mean().item())
         metrics["hpt/group_accuracy"].append((correct_counts.float() / self.num_generations).mean().item())
@@ -308,6 +301,3 @@ class HPTTrainer(GRPOTrainer):
                 input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1
             ).logits
         return selective_log_softmax(logits[:, :-1].float(), input_ids[:, -logits_to_keep:])
-
-
-__all__ = ["HPTTrainer", "DEMONSTRATION_ROW", "DROPPED_ROW", "RL_ROW"]
