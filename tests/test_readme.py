@@ -18,6 +18,7 @@ def test_readme_has_exactly_two_setup_commands():
     assert len(commands) == 2
     demo, tests = commands
     assert "pip install torch==2.13.0" in demo and "train.py" in demo
+    assert ".[plot]" in demo, "the demo draws training_dynamics.png with matplotlib"
     assert "pytest" in tests
 
 
