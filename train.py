@@ -93,7 +93,7 @@ def train_sft_then_grpo(script_args, training_args, model_args, task_args) -> HP
     )
     # Both stages log into one metrics file, on one step axis.
     metrics_path = Path(training_args.output_dir) / "metrics.jsonl"
-    first = train(script_args, stage_one, model_args, task_args, metrics_path=metrics_path)
+    train(script_args, stage_one, model_args, task_args, metrics_path=metrics_path)
     stage_two = stage_config(training_args, gamma=-1, max_steps=training_args.max_steps - sft_steps)
     model_two = replace(model_args, model_name_or_path=stage_one.output_dir)
     return train(
@@ -103,7 +103,6 @@ def train_sft_then_grpo(script_args, training_args, model_args, task_args) -> HP
         task_args,
         metrics_path=metrics_path,
         step_offset=sft_steps,
-        accuracy_before=first.accuracy_before,
     )
 
 
@@ -119,7 +118,6 @@ def train(
     task_args,
     metrics_path: Path | None = None,
     step_offset: int = 0,
-    accuracy_before: dict | None = None,
 ) -> HPTTrainer:
     set_seed(training_args.seed)
     builtin_task = script_args.dataset_name == BUILTIN_DATASET
@@ -157,11 +155,11 @@ def train(
     )
     checkpoint = resolve_checkpoint(training_args)
     if eval_dataset is not None:
-        if accuracy_before is None and checkpoint is None and trainer.is_world_process_zero():
-            accuracy_before = heldout_accuracy(trainer.model, tokenizer, eval_dataset)
-            trainer.callback_handler.on_log(training_args, trainer.state, trainer.control, logs=accuracy_before)
+        # The untrained model's accuracy is step 0 of the metrics file; a resumed run or a second stage has it there.
+        if step_offset == 0 and checkpoint is None and trainer.is_world_process_zero():
+            before = heldout_accuracy(trainer.model, tokenizer, eval_dataset)
+            trainer.callback_handler.on_log(training_args, trainer.state, trainer.control, logs=before)
         trainer.add_callback(HeldOutAccuracyCallback(trainer, eval_dataset, every=task_args.heldout_eval_steps))
-    trainer.accuracy_before = accuracy_before
     trainer.train(resume_from_checkpoint=checkpoint)
 
     trainer.save_model(training_args.output_dir)
@@ -177,7 +175,8 @@ def train(
 def report_demo(trainer: HPTTrainer, script_args, metrics_path: Path, task_args: ArithmeticTaskArguments) -> None:
     """The demo's last words: held-out accuracy before and after, and the training-dynamics figure."""
     after = [entry for entry in trainer.state.log_history if "heldout/accuracy" in entry][-1]
-    before = trainer.accuracy_before or {}
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    before = [r for r in records if r["step"] == 0 and "heldout/accuracy" in r][-1]
     parts = [
         f"{name} {before.get(key, float('nan')):.3f} -> {after.get(key, float('nan')):.3f}"
         for name, key in (
