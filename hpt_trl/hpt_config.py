@@ -49,6 +49,20 @@ class HPTConfig(GRPOConfig):
             one assistant message, as the `target` column of the authors' dataset `Elliott/Openr1-Math-46k-8192`.
             The trainer appends the tokenizer's EOS token to it.
 
+        > Parameters that control the cost of a training step
+
+        padding_free (`bool` or `None`, *optional*, defaults to `None`):
+            Pack the sequences of each training forward (the rollouts that carry loss and the demonstrations) into one
+            row without padding, with `position_ids` restarting at each sequence. `None` packs when the model's
+            attention is a flash-attention implementation (its varlen kernel keeps attention per sequence); `sdpa` and
+            `eager` would build a dense block-diagonal mask over the whole pack, so they get a right-padded batch of the
+            same sequences instead, trimmed to the longest. Either way, rows without loss tokens are not forwarded.
+        skip_zero_advantage_rows (`bool` or `None`, *optional*, defaults to `None`):
+            Leave rollouts whose advantage is exactly 0 (e.g. every rollout of the group correct) out of the training
+            forward and backward. Their loss is 0 and, with `beta=0`, no entropy bonus, `top_entropy_quantile=1.0`
+            and a `loss_type` other than `"bnpo"`, leaving them out does not change the gradient, so `None` turns it
+            on exactly then. The `entropy` and `clip_ratio` metrics then describe the rows that were trained.
+
         > Defaults changed from [`~trl.GRPOConfig`] so that the RL term is the authors'
 
         loss_type (`str`, *optional*, defaults to `"dr_grpo"`):
@@ -99,6 +113,21 @@ class HPTConfig(GRPOConfig):
         metadata={"help": "Dataset column holding each prompt's expert solution (string or assistant message list)."},
     )
 
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pack each training forward's sequences into one row without padding. None: only with a "
+            "flash-attention implementation (sdpa/eager get a trimmed right-padded batch instead)."
+        },
+    )
+    skip_zero_advantage_rows: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Skip the forward/backward of rollouts with zero advantage. None: on where this leaves the "
+            "gradient unchanged (beta=0, no entropy bonus, top_entropy_quantile=1, loss_type other than bnpo)."
+        },
+    )
+
     # Authors' RL term: Dr. GRPO aggregation and mean-centred advantages without std scaling.
     loss_type: str = field(
         default="dr_grpo",
@@ -136,4 +165,28 @@ class HPTConfig(GRPOConfig):
         if not isinstance(self.demonstration_column, str) or not self.demonstration_column:
             raise ValueError("demonstration_column must name the dataset column with the expert solutions.")
 
+        if self.skip_zero_advantage_rows:
+            reasons = self.zero_advantage_gradient_terms()
+            if reasons:
+                raise ValueError(
+                    f"skip_zero_advantage_rows=True would change the gradient here: {'; '.join(reasons)} give "
+                    "zero-advantage rows a gradient or a weight. Leave skip_zero_advantage_rows unset (None) to skip "
+                    "them only where that is exact, or set it to False."
+                )
+
         super().__post_init__()
+
+    def zero_advantage_gradient_terms(self) -> list[str]:
+        """The settings under which a rollout with zero advantage still shapes the gradient (empty: it does not)."""
+        reasons = []
+        if self.beta != 0.0:
+            reasons.append(f"beta={self.beta} (the KL term)")
+        if self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+            reasons.append("the entropy bonus (entropy_coef / use_adaptive_entropy)")
+        if self.top_entropy_quantile < 1.0:
+            reasons.append(
+                f"top_entropy_quantile={self.top_entropy_quantile} (the mask is a quantile over all tokens)"
+            )
+        if self.loss_type == "bnpo":
+            reasons.append("loss_type='bnpo' (it averages over every token of the micro-batch)")
+        return reasons

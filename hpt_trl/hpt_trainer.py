@@ -1,5 +1,6 @@
 import os
 import textwrap
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,10 +12,20 @@ from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
 from .gating import DEMONSTRATION_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
 from .hpt_config import HPTConfig
+from .packing import Sequence, plan_forward, sequences_from_batch, split_scored, to_rectangle
 from .sampler import EpochSeededRepeatSampler
 
 
 logger = get_logger(__name__)
+
+
+@dataclass
+class _ForwardRequest:
+    """What the next training forward must cover: rows of TRL's batch, and extra sequences (demonstrations)."""
+
+    rows: list[int]
+    extra: list[Sequence] = field(default_factory=list)
+    extra_logps: list[torch.Tensor] = field(default_factory=list)  # filled by the forward
 
 
 class HPTTrainer(GRPOTrainer):
@@ -83,6 +94,11 @@ class HPTTrainer(GRPOTrainer):
             raise ValueError("The tokenizer has no EOS token, which HPT appends to every demonstration: set one.")
         self._gate_rewards = None
         self._warned_truncation = False
+        self._forward_request = None
+        attention = str(getattr(self.model.config, "_attn_implementation", None) or "")
+        self.padding_free = args.padding_free if args.padding_free is not None else "flash" in attention
+        skip = args.skip_zero_advantage_rows
+        self.skip_zero_advantage_rows = not args.zero_advantage_gradient_terms() if skip is None else skip
 
     # The metrics a reader of the model card wants first: what HPT did and how well the policy did at the end.
     _CARD_METRICS = (
@@ -236,29 +252,56 @@ class HPTTrainer(GRPOTrainer):
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
     def _compute_loss(self, model, inputs):
-        if "hpt_row_kind" not in inputs:  # evaluation, or gamma = -1: plain GRPO
+        if not self.model.training or self._is_vlm:  # evaluation, and VLMs (GRPO only): TRL's loss as is
             return super()._compute_loss(model, inputs)
 
-        kinds = inputs["hpt_row_kind"]
-        batch_size = kinds.size(0)
-        has_rl = bool((kinds == RL_ROW).any())
-        demo_rows = (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1)
+        kinds = inputs.get("hpt_row_kind")
+        loss_mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            loss_mask = loss_mask * inputs["tool_mask"]
+        # Rows without loss tokens (the rollouts of gated prompts, masked truncations) are not forwarded at all.
+        rl_rows = loss_mask.sum(dim=1) > 0
+        if self.skip_zero_advantage_rows:
+            advantages = inputs["advantages"]
+            zero = advantages == 0 if advantages.dim() == 1 else (advantages == 0).all(dim=1)
+            idle = rl_rows & zero
+            rl_rows = rl_rows & ~zero
+            # Their loss is 0 either way; masking them keeps TRL's entropy and clip metrics to the forwarded rows.
+            inputs = {**inputs, "completion_mask": inputs["completion_mask"].masked_fill(idle.unsqueeze(1), 0)}
+        has_demonstrations = kinds is not None and bool(inputs["hpt_has_demonstrations"])
+        # At temperature 1 the demonstrations share the RL rows' forward; otherwise TRL's head (which divides by the
+        # sampling temperature) cannot score them and they get their own forward below.
+        fused = self.temperature == 1.0
+        demonstrations = self._demonstration_sequences(inputs) if has_demonstrations and fused else []
+        request = _ForwardRequest(rows=rl_rows.nonzero().squeeze(1).tolist(), extra=demonstrations)
+        self._forward_request = request
 
         # The RL term is TRL's loss on the whole micro-batch, where only RL rows carry loss tokens (the others were
-        # neutralised at generation). Keeping every row keeps TRL's per-row metric gathers the same size on every
-        # process, and its per-row normalisers constant, as in the authors' code (token sum / max length).
+        # neutralised at generation, and are zeros in the forward's output). Keeping every row keeps TRL's per-row
+        # metric gathers the same size on every process, and its per-row normalisers constant, as in the authors'
+        # code (token sum / max length).
         metrics = self._metrics["train"]
         logged_before = {key: len(values) for key, values in metrics.items()}
         rl_loss = super()._compute_loss(model, inputs)
+        self._forward_request = None
         loss = self.args.rl_loss_coef * rl_loss
 
+        has_rl = bool(rl_rows.any())
+        device = rl_loss.device
         accumulation = self.current_gradient_accumulation_steps
-        stats = [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=kinds.device)]
-        if bool(inputs["hpt_has_demonstrations"]):
-            # DDP broadcasts buffers and ZeRO-3 gathers parameters on every forward, so all processes must run
-            # this one too: a micro-batch without demonstrations runs it on a fully masked row (zero loss).
-            rows = demo_rows if demo_rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=kinds.device)
-            nll_sum, num_tokens = self._demonstration_nll(model, select_rows(inputs, rows, batch_size))
+        stats = [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=device)]
+        if has_demonstrations:
+            if fused:
+                logps = request.extra_logps
+                nll_sum = -torch.cat(logps).sum() if logps else rl_loss.new_zeros(())
+                num_tokens = torch.tensor(sum(len(lp) for lp in logps), device=device)
+            else:
+                # DDP broadcasts buffers and ZeRO-3 gathers parameters on every forward, so all processes must run
+                # this one too: a micro-batch without demonstrations runs it on a fully masked row (zero loss).
+                batch_size = kinds.size(0)
+                demo_rows = (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1)
+                rows = demo_rows if demo_rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=kinds.device)
+                nll_sum, num_tokens = self._demonstration_nll(model, select_rows(inputs, rows, batch_size))
             sft_loss = nll_sum / num_tokens.clamp(min=1)
             loss = loss + self.args.sft_loss_coef * sft_loss / accumulation
             stats += [nll_sum.detach(), num_tokens.detach().float()]
@@ -267,13 +310,108 @@ class HPTTrainer(GRPOTrainer):
         if totals[1] > 0:
             metrics["hpt/rl_loss"].append((totals[0] / totals[1]).item())
         else:
-            # No process had an RL row: TRL's metrics of this micro-batch (entropy, clip ratios) describe only
-            # masked rows, so they are withdrawn rather than averaged in as zeros.
+            # No process forwarded an RL row: TRL's metrics of this micro-batch (entropy, clip ratios) describe no
+            # token, so they are withdrawn rather than averaged in as zeros.
             for key in list(metrics):
                 del metrics[key][logged_before.get(key, 0) :]
         if len(totals) > 2 and totals[3] > 0:
             metrics["hpt/sft_loss"].append((totals[2] / totals[3]).item())
         return loss
+
+    def _demonstration_sequences(self, inputs) -> list[Sequence]:
+        kinds = inputs["hpt_row_kind"]
+        sequences = []
+        for row in (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1).tolist():
+            num_tokens = int(inputs["demonstration_mask"][row].sum())
+            sequences.append(
+                Sequence(
+                    context=inputs["prompt_ids"][row][inputs["prompt_mask"][row].bool()],
+                    scored=inputs["demonstration_ids"][row, :num_tokens],
+                )
+            )
+        return sequences
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal_inputs,
+    ):
+        # Only the training loss names the rows to forward; reference/old log-probs are packed when padding-free.
+        request, self._forward_request = self._forward_request, None
+        num_rows = input_ids.size(0)
+        rows = request.rows if request is not None else list(range(num_rows))
+        sequences = None
+        if not any(value is not None for value in multimodal_inputs.values()) and (request or self.padding_free):
+            sequences = sequences_from_batch(input_ids, attention_mask, logits_to_keep, rows)
+        if request is not None and request.extra and sequences is None:
+            raise RuntimeError(
+                "HPT could not cut this batch into prompt and completion sequences (an empty prompt, or a completion "
+                "mask with holes) to score the demonstrations in the same forward: report this with your data."
+            )
+        keeps_everything = request is not None and not request.extra and len(rows) == num_rows
+        if sequences is None or (keeps_everything and not self.padding_free):
+            # TRL's own rectangle: nothing to leave out, nothing to pack (or a batch that is not TRL's layout).
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **multimodal_inputs,
+            )
+
+        extra = request.extra if request is not None else []
+        # One forward per chunk of `batch_size` rows, as in TRL: every process then runs the same number of forwards.
+        chunk = len(rows) if request is not None else (batch_size or num_rows)
+        starts = range(0, max(len(rows), 1), max(chunk, 1))
+        logps, entropies, aux_losses = [], [], []
+        for start in starts:
+            chunk_sequences = sequences[start : start + chunk] + (extra if start == starts[-1] else [])
+            chunk_logps, chunk_entropies, aux_loss = self._forward_sequences(
+                model, chunk_sequences, input_ids, compute_entropy, compute_aux_loss
+            )
+            logps += chunk_logps
+            entropies += chunk_entropies
+            aux_losses.append(aux_loss)
+        if request is not None:
+            request.extra_logps = logps[len(rows) :]
+        anchor = logps[-1].sum() * 0  # keeps the output connected to the forward even when no row was kept
+        out_logps = to_rectangle(logps[: len(rows)], rows, num_rows, logits_to_keep, like=anchor)
+        out_entropies = None
+        if compute_entropy:
+            out_entropies = to_rectangle(entropies[: len(rows)], rows, num_rows, logits_to_keep, like=anchor.detach())
+        aux = torch.stack(aux_losses).mean() if compute_aux_loss else None
+        return out_logps, out_entropies, aux
+
+    def _forward_sequences(self, model, sequences, input_ids, compute_entropy, compute_aux_loss):
+        """Log-probs (and entropies) of the scored tokens of each sequence, from one forward."""
+        placeholder = not sequences
+        if placeholder:
+            # Every process must forward (DDP, ZeRO-3): two tokens, nothing scored but the placeholder itself.
+            sequences = [Sequence(context=input_ids[0, -2:-1], scored=input_ids[0, -1:])]
+        plan = plan_forward(sequences, packed=self.padding_free, pad_token_id=self._tokenizer.pad_token_id)
+        model_inputs = {"input_ids": plan.input_ids, "labels": plan.labels}
+        if plan.attention_mask is not None:
+            model_inputs["attention_mask"] = plan.attention_mask
+        if plan.position_ids is not None:
+            model_inputs["position_ids"] = plan.position_ids
+        if compute_aux_loss:
+            model_inputs["output_router_logits"] = True
+        with self.accelerator.autocast():
+            outputs = model(**model_inputs, fused_lm_head=True)
+        logps = split_scored(outputs.log_probs, plan)
+        entropies = split_scored(outputs.entropy, plan) if compute_entropy else []
+        if placeholder:
+            logps, entropies = [logps[0][:0]], [entropies[0][:0]] if compute_entropy else []
+        return logps, entropies, outputs.aux_loss if compute_aux_loss else None
 
     def _demonstration_nll(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed negative log-likelihood (at temperature 1) of the demonstration tokens of `batch`, and their count."""
