@@ -4,8 +4,8 @@ HPT against the paper's baselines (SFT, GRPO, SFT->GRPO) on the built-in arithme
     OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --seeds 0 1 2 --output_dir outputs/compare
 
 Every method trains through `train.py`'s `main()` from `recipes/toy_hpt.yaml`, with the same base model, data, seed
-and number of optimizer steps; only the gate differs (SFT: gamma = n, GRPO: gamma = -1, SFT->GRPO: SFT for half the
-steps then GRPO). Each trained model is then scored on the fixed held-out set: greedy accuracy (overall, easy, hard)
+and number of optimizer steps; only the gate and the demonstration's loss differ (SFT: gamma = n, GRPO: gamma = -1,
+SFT->GRPO: SFT for half the steps then GRPO; the toolkit's variants: see `VARIANTS`). Each trained model is then scored on the fixed held-out set: greedy accuracy (overall, easy, hard)
 and pass@k for k = 1, 4, 16 from 16 samples per problem at temperature 1 (unbiased estimator). Prints a markdown table
 (mean and standard deviation over seeds) and saves `accuracy_vs_step.png` and `results.json` in `output_dir`.
 Not part of CI: about 30-60 minutes on 2 CPU cores.
@@ -31,13 +31,22 @@ from hpt_trl.data import METHODS  # noqa: E402
 
 
 PASS_AT = (1, 4, 16)
+# Each compared run: a train.py method and the HPTConfig settings that make it (the README's method table).
+VARIANTS = {
+    **{method: (method, []) for method in METHODS},
+    "hpt_soft": ("hpt", ["--gate_strategy", "soft"]),
+    "hpt_adaptive": ("hpt", ["--gate_strategy", "adaptive"]),
+    "luffy": ("hpt", ["--gate_strategy", "always", "--demonstration_loss", "off_policy"]),
+    "srft": ("hpt", ["--gate_strategy", "always", "--demonstration_loss", "srft"]),
+}
 
 
-def run(method: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
+def run(variant: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
+    method, settings = VARIANTS[variant]
     parser = train_script.make_parser()
     script_args, training_args, model_args, task_args = parser.parse_args_and_config(
         args=["--config", str(ROOT / "recipes" / "toy_hpt.yaml"), "--method", method, "--seed", str(seed)]
-        + ["--output_dir", str(output_dir), "--plot", "false", "--disable_tqdm", "true", *extra]
+        + ["--output_dir", str(output_dir), "--plot", "false", "--disable_tqdm", "true", *settings, *extra]
     )
     start = time.perf_counter()
     trainer = train_script.main(script_args, training_args, model_args, task_args)
@@ -56,7 +65,7 @@ def run(method: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
     ]
     ratios = [e["hpt/sft_prompt_ratio"] for e in trainer.state.log_history if "hpt/sft_prompt_ratio" in e]
     return {
-        "method": method,
+        "method": variant,
         "seed": seed,
         "greedy": greedy.accuracy,
         "greedy_easy": by_level.get(1),
@@ -108,7 +117,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output_dir", default="outputs/compare")
     parser.add_argument("extra", nargs="*", help="further train.py overrides, after --, e.g. -- --max_steps 100")

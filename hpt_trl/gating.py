@@ -1,5 +1,7 @@
 """The HPT gate: which prompts of a generation batch are trained with SFT and which rows carry what."""
 
+import math
+
 import torch
 
 
@@ -34,19 +36,117 @@ def count_correct_rollouts(gate_rewards: torch.Tensor, num_generations: int, cor
     return correct.view(-1, num_generations).sum(dim=1)
 
 
-def assign_row_kinds(
-    gated: torch.Tensor, num_generations: int, first_global_row: int, num_local_rows: int
-) -> torch.Tensor:
+# The authors' "soft" table (Unify-Post-Training, mix_trainer.py, soft_type 0) as (RL coefficient, demonstration
+# coefficient), indexed by the number of correct rollouts P out of n = 8. Their P counts the demonstration among the
+# 8 rows of a group (7 rollouts + 1 demonstration), so their P = k + 1 is our P = k; the last entry holds for every
+# larger P.
+SOFT_TABLE_RL = (0.0, 0.125, 0.25, 0.5, 1.0)
+SOFT_TABLE_DEMONSTRATION = (1.0, 0.5, 0.25, 0.125, 0.0)
+
+
+def gate_coefficients(
+    correct_counts: torch.Tensor,
+    strategy: str,
+    gamma: int,
+    soft_rl: tuple[float, ...] = SOFT_TABLE_RL,
+    soft_demonstration: tuple[float, ...] = SOFT_TABLE_DEMONSTRATION,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Per prompt, the weight of its rollouts' RL term and of its demonstration's term.
+
+    Args:
+        correct_counts (`torch.LongTensor` of shape `(num_prompts,)`):
+            `P` of every prompt.
+        strategy (`str`):
+            `"switch"` (and `"adaptive"`, whose `gamma` moves): `(0, 1)` when `P <= gamma`, else `(1, 0)`.
+            `"soft"`: the tables, indexed by `P` (the last entry for every larger `P`). `"always"`: `(1, 1)`, every
+            prompt keeps its rollouts and adds its demonstration (LUFFY, SRFT).
+        gamma (`int`):
+            The switch threshold.
+        soft_rl, soft_demonstration (`tuple[float, ...]`):
+            The soft tables.
+
+    Returns:
+        Two float tensors of shape `(num_prompts,)`: the RL and the demonstration coefficients.
+    """
+    if strategy in ("switch", "adaptive"):
+        gated = (correct_counts <= gamma).float()
+        return 1.0 - gated, gated
+    if strategy == "soft":
+        index = correct_counts.clamp(max=len(soft_rl) - 1)
+        rl = torch.tensor(soft_rl, dtype=torch.float, device=correct_counts.device)[index]
+        index = correct_counts.clamp(max=len(soft_demonstration) - 1)
+        demonstration = torch.tensor(soft_demonstration, dtype=torch.float, device=correct_counts.device)[index]
+        return rl, demonstration
+    if strategy == "always":
+        ones = torch.ones(correct_counts.shape, dtype=torch.float, device=correct_counts.device)
+        return ones, ones.clone()
+    raise ValueError(f"Unknown gate strategy {strategy!r}: use 'switch', 'soft', 'adaptive' or 'always'.")
+
+
+class AdaptiveGamma:
+    """
+    A gamma that follows the policy's running accuracy (a proposal for the paper's open question of learning gamma).
+
+    The paper picks gamma by hand: 2 of 8 for the weaker Llama-3.1-8B, 0 for Qwen2.5-Math. This rule does the same
+    from what the trainer measures. With `a` the exponential moving average (decay `decay`) of the fraction of correct
+    rollouts per generation batch, and `a*` the target accuracy:
+
+        gamma = clamp(round(n * (a* - a)), 0, n)
+
+    A policy that solves less than `a*` of its rollouts gets SFT on the prompts it solves at most `gamma` times, more
+    of them the further it is below the target; at or above `a*` only prompts it never solves (gamma = 0) go to SFT.
+    The average is updated with each batch before that batch is gated, so the first batch is gated by its own
+    accuracy. The state (the average and the batches seen) is saved in checkpoints.
+    """
+
+    def __init__(self, num_generations: int, target_accuracy: float, decay: float):
+        self.num_generations = num_generations
+        self.target_accuracy = target_accuracy
+        self.decay = decay
+        self.accuracy = None
+        self.num_batches = 0
+
+    def update(self, batch_accuracy: float) -> int:
+        if self.accuracy is None:
+            self.accuracy = batch_accuracy
+        else:
+            self.accuracy = self.decay * self.accuracy + (1.0 - self.decay) * batch_accuracy
+        self.num_batches += 1
+        return self.gamma
+
+    @property
+    def gamma(self) -> int:
+        if self.accuracy is None:
+            return 0
+        # Round half up, so that the rule is easy to compute by hand.
+        value = math.floor(self.num_generations * (self.target_accuracy - self.accuracy) + 0.5)
+        return max(0, min(self.num_generations, value))
+
+    def state_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "num_batches": self.num_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accuracy, self.num_batches = state["accuracy"], state["num_batches"]
+
+
+def assign_rows(
+    rl_coef: torch.Tensor,
+    demonstration_coef: torch.Tensor,
+    num_generations: int,
+    first_global_row: int,
+    num_local_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Decide what each local row of the generation batch carries.
 
-    A gated prompt's demonstration must count once, however its rollouts are spread over processes and micro-batches,
-    so it goes on the prompt's first rollout row (in global order), which lives on exactly one process; the prompt's
-    other rollouts are dropped.
+    A prompt's demonstration must count once, however its rollouts are spread over processes and micro-batches, so it
+    goes on the prompt's first rollout row (in global order), which lives on exactly one process. A prompt whose RL
+    coefficient is 0 drops its rollouts.
 
     Args:
-        gated (`torch.BoolTensor` of shape `(num_prompts,)`):
-            Whether each prompt of the global generation batch is trained with SFT.
+        rl_coef, demonstration_coef (`torch.Tensor` of shape `(num_prompts,)`):
+            Per prompt of the global generation batch, from [`gate_coefficients`].
         num_generations (`int`):
             Rollouts per prompt.
         first_global_row (`int`):
@@ -55,15 +155,19 @@ def assign_row_kinds(
             Number of rows on this process.
 
     Returns:
-        `torch.LongTensor` of shape `(num_local_rows,)` with values `RL_ROW`, `DEMONSTRATION_ROW` or `DROPPED_ROW`.
+        `(kinds, rl_weight, demonstration_weight)`, each of shape `(num_local_rows,)`: `RL_ROW` for a rollout that
+        stays in RL (it may carry a demonstration too), `DEMONSTRATION_ROW` for a row that carries only a
+        demonstration, `DROPPED_ROW` otherwise; the RL coefficient of each row's prompt; the demonstration
+        coefficient on the row that carries the demonstration, 0 on the others.
     """
-    global_rows = torch.arange(first_global_row, first_global_row + num_local_rows, device=gated.device)
-    row_gated = gated[global_rows // num_generations]
-    is_first_of_group = global_rows % num_generations == 0
-    kinds = torch.full((num_local_rows,), RL_ROW, dtype=torch.long, device=gated.device)
-    kinds[row_gated & is_first_of_group] = DEMONSTRATION_ROW
-    kinds[row_gated & ~is_first_of_group] = DROPPED_ROW
-    return kinds
+    global_rows = torch.arange(first_global_row, first_global_row + num_local_rows, device=rl_coef.device)
+    prompt = global_rows // num_generations
+    rl_weight = rl_coef[prompt]
+    demonstration_weight = torch.where(global_rows % num_generations == 0, demonstration_coef[prompt], 0.0)
+    kinds = torch.full((num_local_rows,), DROPPED_ROW, dtype=torch.long, device=rl_coef.device)
+    kinds[demonstration_weight > 0] = DEMONSTRATION_ROW
+    kinds[rl_weight > 0] = RL_ROW
+    return kinds, rl_weight, demonstration_weight
 
 
 def select_rows(batch: dict, rows: torch.Tensor, batch_size: int) -> dict:

@@ -1,6 +1,13 @@
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
+
+from .gating import SOFT_TABLE_DEMONSTRATION, SOFT_TABLE_RL
+
+
+GATE_STRATEGIES = ("switch", "soft", "adaptive", "always")
+DEMONSTRATION_LOSSES = ("sft", "off_policy", "srft")
 
 
 @dataclass
@@ -48,6 +55,40 @@ class HPTConfig(GRPOConfig):
             Dataset column holding each prompt's expert solution. A string, or (conversational datasets) a list holding
             one assistant message, as the `target` column of the authors' dataset `Elliott/Openr1-Math-46k-8192`.
             The trainer appends the tokenizer's EOS token to it.
+
+        > Parameters that choose the method: the gate and how a demonstration enters the loss
+
+        gate_strategy (`str`, *optional*, defaults to `"switch"`):
+            How `P` sets each prompt's weights `(RL, demonstration)`. `"switch"`: the paper's HPT, `(0, 1)` when
+            `P <= gamma`, else `(1, 0)`. `"soft"`: looked up in `soft_rl_coefs` / `soft_demonstration_coefs` by `P`.
+            `"adaptive"`: the switch with a gamma that follows the running accuracy (see
+            `adaptive_target_accuracy`; the gamma in use is logged as `hpt/gamma`). `"always"`: `(1, 1)` for every
+            prompt, as LUFFY and SRFT (no gate). A prompt with RL weight 0 drops its rollouts; one with demonstration
+            weight above 0 gets one demonstration row.
+        soft_rl_coefs (`list[float]`, *optional*, defaults to `[0.0, 0.125, 0.25, 0.5, 1.0]`):
+            `"soft"` only: the RL weight of a prompt with `P = 0, 1, 2, ...` correct rollouts; the last entry holds
+            for every larger `P`. The RL weight scales the prompt's advantages. The default is the authors' table
+            (their `P` counts the demonstration among the 8 rows, so their `P = k + 1` is this `P = k`).
+        soft_demonstration_coefs (`list[float]`, *optional*, defaults to `[1.0, 0.5, 0.25, 0.125, 0.0]`):
+            `"soft"` only: the demonstration weight by `P`, as `soft_rl_coefs`.
+        adaptive_target_accuracy (`float`, *optional*, defaults to `0.25`):
+            `"adaptive"` only: with `a` the moving average of the fraction of correct rollouts,
+            `gamma = clamp(round(num_generations * (adaptive_target_accuracy - a)), 0, num_generations)`: the
+            paper's 2 of 8 for a policy at 0 accuracy, 0 once it reaches the target.
+        adaptive_accuracy_decay (`float`, *optional*, defaults to `0.9`):
+            `"adaptive"` only: decay of that moving average, per generation batch.
+        demonstration_loss (`str`, *optional*, defaults to `"sft"`):
+            The term of a demonstration row. `"sft"`: token-mean NLL (weighted by the demonstration weight) times
+            `sft_loss_coef`. `"off_policy"` (LUFFY): the demonstration joins its group as one more sample with reward
+            `demonstration_reward`, the group's advantages are recomputed with it, and each of its tokens adds
+            `-A * p / (p + 0.1)` (p its probability under the policy, no clipping), summed like the RL term
+            (`"dr_grpo"`: divided by rows x `max_completion_length`) and weighted by `rl_loss_coef`. `"srft"`: the
+            authors' SRFT: the off-policy term, plus SFT weighted by `0.5 * exp(-H)` (H the demonstration's mean
+            token entropy, detached), and rollouts weighted by `0.1 * exp(H)` when correct and `-1` when wrong in
+            place of their advantage.
+        demonstration_reward (`float`, *optional*, defaults to `1.0`):
+            `"off_policy"` and `"srft"`: the reward a demonstration counts with in its group (expert solutions are
+            taken as correct; the authors score them with the verifier, which accepts nearly all).
 
         > Parameters that control the cost of a training step
 
@@ -113,6 +154,33 @@ class HPTConfig(GRPOConfig):
         metadata={"help": "Dataset column holding each prompt's expert solution (string or assistant message list)."},
     )
 
+    gate_strategy: str = field(
+        default="switch",
+        metadata={"help": "How P sets each prompt's (RL, demonstration) weights.", "choices": list(GATE_STRATEGIES)},
+    )
+    soft_rl_coefs: list[float] = field(
+        default_factory=lambda: list(SOFT_TABLE_RL),
+        metadata={"help": "soft gate: RL weight for P = 0, 1, 2, ... (the last entry for every larger P)."},
+    )
+    soft_demonstration_coefs: list[float] = field(
+        default_factory=lambda: list(SOFT_TABLE_DEMONSTRATION),
+        metadata={"help": "soft gate: demonstration weight for P = 0, 1, 2, ... (the last entry for larger P)."},
+    )
+    adaptive_target_accuracy: float = field(
+        default=0.25,
+        metadata={"help": "adaptive gate: gamma = round(n * (target - running accuracy)), clamped to [0, n]."},
+    )
+    adaptive_accuracy_decay: float = field(
+        default=0.9, metadata={"help": "adaptive gate: decay of the running accuracy per generation batch."}
+    )
+    demonstration_loss: str = field(
+        default="sft",
+        metadata={"help": "Loss of a demonstration row.", "choices": list(DEMONSTRATION_LOSSES)},
+    )
+    demonstration_reward: float = field(
+        default=1.0,
+        metadata={"help": "off_policy/srft: the reward a demonstration counts with in its group's advantage."},
+    )
     padding_free: bool | None = field(
         default=None,
         metadata={
@@ -165,6 +233,44 @@ class HPTConfig(GRPOConfig):
         if not isinstance(self.demonstration_column, str) or not self.demonstration_column:
             raise ValueError("demonstration_column must name the dataset column with the expert solutions.")
 
+        if self.gate_strategy not in GATE_STRATEGIES:
+            raise ValueError(f"gate_strategy must be one of {GATE_STRATEGIES}, got {self.gate_strategy!r}.")
+        if self.demonstration_loss not in DEMONSTRATION_LOSSES:
+            raise ValueError(
+                f"demonstration_loss must be one of {DEMONSTRATION_LOSSES}, got {self.demonstration_loss!r}."
+            )
+        for name in ("soft_rl_coefs", "soft_demonstration_coefs"):
+            table = getattr(self, name)
+            if not table or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in table):
+                raise ValueError(f"{name} must be a non-empty list of finite weights >= 0 (index = P), got {table!r}.")
+        if self.gate_strategy == "soft" and not any(self.soft_demonstration_coefs):
+            raise ValueError("soft_demonstration_coefs are all 0: no demonstration would be used. Use gamma=-1.")
+        if not 0.0 < self.adaptive_target_accuracy <= 1.0:
+            raise ValueError(f"adaptive_target_accuracy must be in (0, 1], got {self.adaptive_target_accuracy}.")
+        if not 0.0 <= self.adaptive_accuracy_decay < 1.0:
+            raise ValueError(f"adaptive_accuracy_decay must be in [0, 1), got {self.adaptive_accuracy_decay}.")
+        if self.gamma == -1 and self.gate_strategy != "switch":
+            raise ValueError(
+                f"gamma=-1 (GRPO, no demonstrations) contradicts gate_strategy={self.gate_strategy!r}: leave gamma "
+                "at its default, or use gate_strategy='switch'."
+            )
+        if self.demonstration_loss in ("off_policy", "srft"):
+            where = f"demonstration_loss={self.demonstration_loss!r}"
+            if self.loss_type not in ("dr_grpo", "grpo"):
+                raise ValueError(
+                    f"{where} sums the demonstration's tokens like the RL term, which is defined for loss_type "
+                    f"'dr_grpo' (the authors') and 'grpo'; got loss_type={self.loss_type!r}."
+                )
+            if self.scale_rewards not in ("none", "group"):
+                raise ValueError(f"{where} recomputes group advantages: scale_rewards must be 'none' or 'group'.")
+            if self.multi_objective_aggregation != "sum_then_normalize":
+                raise ValueError(f"{where} needs multi_objective_aggregation='sum_then_normalize'.")
+        if self.demonstration_loss == "srft" and self.temperature != 1.0:
+            raise ValueError(
+                "demonstration_loss='srft' weighs rows by their entropy at temperature 1 (the authors' setting): "
+                f"set temperature=1.0 (got {self.temperature})."
+            )
+
         if self.skip_zero_advantage_rows:
             reasons = self.zero_advantage_gradient_terms()
             if reasons:
@@ -189,4 +295,39 @@ class HPTConfig(GRPOConfig):
             )
         if self.loss_type == "bnpo":
             reasons.append("loss_type='bnpo' (it averages over every token of the micro-batch)")
+        if self.demonstration_loss == "srft":
+            reasons.append("demonstration_loss='srft' (it replaces the rollouts' advantages)")
         return reasons
+
+    @property
+    def upge_parts(self) -> dict[str, str]:
+        """The four parts of the unified policy gradient estimator this configuration trains with, by row kind."""
+        reuses_rollouts = self.num_iterations > 1 or self.steps_per_generation != self.gradient_accumulation_steps
+        clip = "PPO clip" if reuses_rollouts else "PPO clip (inactive: one on-policy update per batch)"
+        advantage = f"group reward minus mean ({'std-scaled' if self.scale_rewards != 'none' else 'not std-scaled'})"
+        rollouts = {
+            "stabilization_mask": clip,
+            "reference_denominator": "pi_old (importance ratio)",
+            "advantage": advantage if self.demonstration_loss != "srft" else "0.1*exp(H) if correct else -1",
+            "likelihood_gradient": "grad pi_theta",
+        }
+        demonstration = {
+            "sft": {"stabilization_mask": "none", "reference_denominator": "pi_theta", "advantage": "1"},
+            "off_policy": {
+                "stabilization_mask": "none",
+                "reference_denominator": "1, shaped p/(p+0.1)",
+                "advantage": "group advantage with the demonstration in the group",
+            },
+            "srft": {
+                "stabilization_mask": "none",
+                "reference_denominator": "pi_theta (SFT, weight 0.5*exp(-H)) and 1 shaped p/(p+0.1)",
+                "advantage": "1 (SFT) and the group advantage (off-policy)",
+            },
+        }[self.demonstration_loss]
+        uses_demonstrations = not (self.gate_strategy == "switch" and self.gamma == -1)
+        parts = {f"rollouts/{key}": value for key, value in rollouts.items()}
+        if uses_demonstrations:
+            parts.update({f"demonstrations/{key}": value for key, value in demonstration.items()})
+            parts["demonstrations/likelihood_gradient"] = "grad pi_theta"
+            parts["gate"] = self.gate_strategy
+        return parts

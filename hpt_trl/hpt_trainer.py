@@ -1,3 +1,4 @@
+import json
 import os
 import textwrap
 from dataclasses import dataclass, field
@@ -9,8 +10,15 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.import_utils import is_vllm_available
 from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
 
+from .demonstration_losses import (
+    group_advantages_with_demonstration,
+    off_policy_token_losses,
+    srft_rollout_weights,
+    srft_sft_weights,
+    weighted_nll,
+)
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
-from .gating import DEMONSTRATION_ROW, RL_ROW, assign_row_kinds, count_correct_rollouts, select_rows
+from .gating import AdaptiveGamma, assign_rows, count_correct_rollouts, gate_coefficients, select_rows
 from .hpt_config import HPTConfig
 from .packing import Sequence, plan_forward, sequences_from_batch, split_scored, to_rectangle
 from .sampler import EpochSeededRepeatSampler
@@ -25,7 +33,11 @@ class _ForwardRequest:
 
     rows: list[int]
     extra: list[Sequence] = field(default_factory=list)
-    extra_logps: list[torch.Tensor] = field(default_factory=list)  # filled by the forward
+    # Filled by the forward: the extra sequences' log-probs and entropies, and the rows' (batch, completion) tensors.
+    extra_logps: list[torch.Tensor] = field(default_factory=list)
+    extra_entropies: list[torch.Tensor] = field(default_factory=list)
+    row_logps: torch.Tensor | None = None
+    row_entropies: torch.Tensor | None = None
 
 
 class HPTTrainer(GRPOTrainer):
@@ -79,20 +91,28 @@ class HPTTrainer(GRPOTrainer):
                 "`pip install 'hpt-trl[vllm]'` (TRL's supported vLLM range), or set use_vllm=False to generate with "
                 "transformers."
             )
-        if args.gamma >= 0 and train_dataset is not None:
+        uses_demonstrations = not (args.gate_strategy == "switch" and args.gamma == -1)
+        if uses_demonstrations and train_dataset is not None:
             validate_demonstration_column(train_dataset, args.demonstration_column)
 
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
 
         self.gamma = args.gamma
+        self.uses_demonstrations = uses_demonstrations
         self.gate_reward_index = self._resolve_gate_reward(args.gate_reward)
-        if self.gamma >= 0 and self._is_vlm:
+        self.adaptive_gamma = None
+        if args.gate_strategy == "adaptive":
+            self.adaptive_gamma = AdaptiveGamma(
+                self.num_generations, args.adaptive_target_accuracy, args.adaptive_accuracy_decay
+            )
+        if self.uses_demonstrations and self._is_vlm:
             raise NotImplementedError(
                 "HPTTrainer does not support vision-language models yet: set gamma=-1 to train them with GRPO."
             )
-        if self.gamma >= 0 and self._tokenizer.eos_token_id is None:
+        if self.uses_demonstrations and self._tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token, which HPT appends to every demonstration: set one.")
         self._gate_rewards = None
+        self._total_rewards = None
         self._warned_truncation = False
         self._forward_request = None
         attention = str(getattr(self.model.config, "_attn_implementation", None) or "")
@@ -106,7 +126,9 @@ class HPTTrainer(GRPOTrainer):
         "hpt/group_accuracy",
         "hpt/sft_prompt_ratio",
         "hpt/sft_loss",
+        "hpt/off_policy_loss",
         "hpt/rl_loss",
+        "hpt/gamma",
         "completions/mean_length",
         "entropy",
         "train_loss",
@@ -122,12 +144,32 @@ class HPTTrainer(GRPOTrainer):
         if not last:
             return
         rows = "\n".join(f"| `{key}` | {last[key]:.4g} |" for key in self._CARD_METRICS if key in last)
+        parts = "\n".join(f"| {key} | {value} |" for key, value in self.args.upge_parts.items())
         section = (
             f"\n\n## Final training metrics\n\nLast logged values at step {self.state.global_step}, gamma={self.gamma}, "
             f"sft_loss_coef={self.args.sft_loss_coef}.\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+            f"\n## Unified estimator parts\n\n| part | setting |\n| --- | --- |\n{parts}\n"
         )
         with open(os.path.join(self.args.output_dir, "README.md"), "a") as card:
             card.write(section)
+
+    # The adaptive gate's running accuracy is training state: checkpoints carry it, as TRL's entropy controller.
+    _GATE_STATE_FILE = "hpt_gate_state.json"
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.adaptive_gamma is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, self._GATE_STATE_FILE), "w") as f:
+                json.dump(self.adaptive_gamma.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.adaptive_gamma is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, self._GATE_STATE_FILE)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    self.adaptive_gamma.load_state_dict(json.load(f))
 
     def _resolve_gate_reward(self, gate_reward: str | int) -> int:
         names = self.reward_func_names
@@ -159,10 +201,13 @@ class HPTTrainer(GRPOTrainer):
         # The gate needs every rollout of a group, and a group can straddle processes: keep the gathered rewards.
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gate_rewards = rewards_per_func[:, self.gate_reward_index]
+        # TRL's total reward ("sum_then_normalize"), for the groups that take their demonstration in as a sample.
+        weights = self.reward_weights.to(rewards_per_func.device)
+        self._total_rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
-        gating = self.model.training and self.gamma >= 0
+        gating = self.model.training and self.uses_demonstrations
         if gating:
             # Tokenize before generating, so a bad demonstration fails before any compute is spent on its batch.
             demo_ids, demo_truncated = self._tokenize_demonstrations(inputs)
@@ -171,17 +216,42 @@ class HPTTrainer(GRPOTrainer):
             return output
 
         correct_counts = count_correct_rollouts(self._gate_rewards, self.num_generations, self.args.correct_threshold)
+        gamma = self.gamma
+        if self.adaptive_gamma is not None:
+            gamma = self.adaptive_gamma.update((correct_counts.float() / self.num_generations).mean().item())
         num_truncated = 0
+        demonstration_coef = torch.zeros(correct_counts.shape)
         if gating:
-            gated = correct_counts <= self.gamma
-            kinds = assign_row_kinds(
-                gated.to(self.accelerator.device),
+            rl_coef, demonstration_coef = gate_coefficients(
+                correct_counts,
+                self.args.gate_strategy,
+                gamma,
+                tuple(self.args.soft_rl_coefs),
+                tuple(self.args.soft_demonstration_coefs),
+            )
+            first_row = self.accelerator.process_index * len(inputs)
+            kinds, rl_weight, demonstration_weight = assign_rows(
+                rl_coef.to(self.accelerator.device),
+                demonstration_coef.to(self.accelerator.device),
                 self.num_generations,
-                first_global_row=self.accelerator.process_index * len(inputs),
+                first_global_row=first_row,
                 num_local_rows=len(inputs),
             )
-            self._swap_in_demonstrations(output, kinds, demo_ids, any_gated=bool(gated.any()))
-            local = sum(t for t, kind in zip(demo_truncated, kinds.tolist(), strict=True) if kind == DEMONSTRATION_ROW)
+            if self.args.demonstration_loss != "sft":
+                self._take_demonstrations_into_groups(output, demonstration_coef, first_row, len(inputs))
+            self._swap_in_demonstrations(
+                output,
+                kinds,
+                rl_weight,
+                demonstration_weight,
+                demo_ids,
+                any_demonstration=bool(demonstration_coef.any()),
+            )
+            if self.args.demonstration_loss == "srft":
+                correct = self._gate_rewards[first_row : first_row + len(inputs)] >= self.args.correct_threshold
+                output["hpt_correct"] = correct.to(self.accelerator.device)
+            carried = (demonstration_weight > 0).tolist()
+            local = sum(t for t, demo in zip(demo_truncated, carried, strict=True) if demo)
             num_truncated = int(self.accelerator.reduce(torch.tensor(local, device=kinds.device), "sum"))
             if num_truncated and not self._warned_truncation:
                 logger.warning(
@@ -191,8 +261,22 @@ class HPTTrainer(GRPOTrainer):
                     main_process_only=True,
                 )
                 self._warned_truncation = True
-        self._log_gate(correct_counts, num_truncated)
+        self._log_gate(correct_counts, demonstration_coef, gamma, num_truncated)
         return output
+
+    def _take_demonstrations_into_groups(self, output, demonstration_coef, first_row, num_rows) -> None:
+        """LUFFY/SRFT: a group with a demonstration counts it as one more sample in its advantages."""
+        rewards = self._total_rewards.view(-1, self.num_generations)
+        rollout_advantages, demonstration_advantages = group_advantages_with_demonstration(
+            rewards, self.args.demonstration_reward, self.args.scale_rewards
+        )
+        with_demonstration = (demonstration_coef > 0).to(rewards.device)
+        local = slice(first_row, first_row + num_rows)
+        advantages = rollout_advantages.flatten()[local].to(output["advantages"].device)
+        keep = with_demonstration.repeat_interleave(self.num_generations)[local].to(advantages.device)
+        output["advantages"] = torch.where(keep, advantages, output["advantages"])
+        per_row = demonstration_advantages.repeat_interleave(self.num_generations)[local]
+        output["demonstration_advantage"] = per_row.to(output["advantages"].device)
 
     def _tokenize_demonstrations(self, inputs: list[dict[str, Any]]) -> tuple[list[list[int]], list[bool]]:
         column = self.args.demonstration_column
@@ -206,36 +290,48 @@ class HPTTrainer(GRPOTrainer):
             texts.append(demonstration_text(example[column], column, row))
         return tokenize_demonstrations(texts, self._tokenizer, self.max_completion_length, column=column)
 
-    def _log_gate(self, correct_counts: torch.Tensor, num_truncated: int) -> None:
+    def _log_gate(self, correct_counts, demonstration_coef, gamma, num_truncated) -> None:
         metrics = self._metrics["train"]
-        metrics["hpt/sft_prompt_ratio"].append((correct_counts <= self.gamma).float().mean().item())
+        metrics["hpt/sft_prompt_ratio"].append((demonstration_coef > 0).float().mean().item())
         metrics["hpt/group_accuracy"].append((correct_counts.float() / self.num_generations).mean().item())
         metrics["hpt/demo_truncated"].append(float(num_truncated))
+        if self.args.gate_strategy in ("switch", "adaptive"):
+            metrics["hpt/gamma"].append(float(gamma))
 
     def _swap_in_demonstrations(
-        self, output: dict, kinds: torch.Tensor, demo_ids: list[list[int]], any_gated: bool
+        self,
+        output: dict,
+        kinds: torch.Tensor,
+        rl_weight: torch.Tensor,
+        demonstration_weight: torch.Tensor,
+        demo_ids: list[list[int]],
+        any_demonstration: bool,
     ) -> None:
-        """Add the demonstration tensors to the generation batch and neutralise every rollout that left RL."""
+        """Add the demonstration tensors to the generation batch, weigh the rollouts, neutralise those that left RL."""
         device = kinds.device
-        is_demo = kinds == DEMONSTRATION_ROW
-        left_rl = kinds != RL_ROW
-        rows = [torch.tensor(ids if demo else [self._tokenizer.pad_token_id]) for ids, demo in zip(demo_ids, is_demo)]
-        masks = [torch.full((len(ids),), int(demo), dtype=torch.long) for ids, demo in zip(rows, is_demo)]
+        carries = (demonstration_weight > 0).tolist()
+        left_rl = rl_weight == 0
+        rows = [torch.tensor(ids if demo else [self._tokenizer.pad_token_id]) for ids, demo in zip(demo_ids, carries)]
+        masks = [torch.full((len(ids),), int(demo), dtype=torch.long) for ids, demo in zip(rows, carries)]
         output["demonstration_ids"] = pad(
             rows, self._tokenizer.pad_token_id, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
         ).to(device)
         output["demonstration_mask"] = pad(
             masks, 0, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
         ).to(device)
+        output["demonstration_weight"] = demonstration_weight
         output["hpt_row_kind"] = kinds
+        output["hpt_rl_weight"] = rl_weight
         # 0-dim, so TRL's shuffle and split hand it to every micro-batch. The same on all processes, since the gate
         # is computed from gathered rewards: every process then runs the same forwards, which DDP and ZeRO-3 need.
-        output["hpt_has_demonstrations"] = torch.tensor(any_gated)
+        output["hpt_has_demonstrations"] = torch.tensor(any_demonstration)
 
+        # The soft gate scales a prompt's RL term through its advantages (every TRL loss is linear in them).
+        # (masked_fill rather than the product alone, so that a NaN advantage of a dropped row cannot leak.)
+        output["advantages"] = (output["advantages"] * rl_weight).masked_fill(left_rl, 0.0)
         # Rows that left RL must weigh nothing in anything TRL computes from the batch (loss, KL, importance
         # sampling, metrics), whatever their rollout tensors held.
         output["completion_mask"] = output["completion_mask"].masked_fill(left_rl.unsqueeze(1), 0)
-        output["advantages"] = output["advantages"].masked_fill(left_rl, 0.0)
         if "tool_mask" in output:
             output["tool_mask"] = output["tool_mask"].masked_fill(left_rl.unsqueeze(1), 0)
         for key in ("old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps"):
@@ -255,24 +351,29 @@ class HPTTrainer(GRPOTrainer):
         if not self.model.training or self._is_vlm:  # evaluation, and VLMs (GRPO only): TRL's loss as is
             return super()._compute_loss(model, inputs)
 
-        kinds = inputs.get("hpt_row_kind")
+        has_gate = "hpt_row_kind" in inputs
+        srft = has_gate and self.args.demonstration_loss == "srft"
         loss_mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             loss_mask = loss_mask * inputs["tool_mask"]
         # Rows without loss tokens (the rollouts of gated prompts, masked truncations) are not forwarded at all.
         rl_rows = loss_mask.sum(dim=1) > 0
-        if self.skip_zero_advantage_rows:
+        if srft:
+            # SRFT weighs rollouts by their entropy in place of the advantage: TRL's term is zeroed, ours is added.
+            inputs = {**inputs, "advantages": torch.zeros_like(inputs["advantages"])}
+        elif self.skip_zero_advantage_rows:
             advantages = inputs["advantages"]
             zero = advantages == 0 if advantages.dim() == 1 else (advantages == 0).all(dim=1)
             idle = rl_rows & zero
             rl_rows = rl_rows & ~zero
             # Their loss is 0 either way; masking them keeps TRL's entropy and clip metrics to the forwarded rows.
             inputs = {**inputs, "completion_mask": inputs["completion_mask"].masked_fill(idle.unsqueeze(1), 0)}
-        has_demonstrations = kinds is not None and bool(inputs["hpt_has_demonstrations"])
+        has_demonstrations = has_gate and bool(inputs["hpt_has_demonstrations"])
         # At temperature 1 the demonstrations share the RL rows' forward; otherwise TRL's head (which divides by the
         # sampling temperature) cannot score them and they get their own forward below.
         fused = self.temperature == 1.0
-        demonstrations = self._demonstration_sequences(inputs) if has_demonstrations and fused else []
+        demo_rows = (inputs["demonstration_weight"] > 0).nonzero().squeeze(1) if has_gate else None
+        demonstrations = self._demonstration_sequences(inputs, demo_rows) if has_demonstrations and fused else []
         request = _ForwardRequest(rows=rl_rows.nonzero().squeeze(1).tolist(), extra=demonstrations)
         self._forward_request = request
 
@@ -284,44 +385,91 @@ class HPTTrainer(GRPOTrainer):
         logged_before = {key: len(values) for key, values in metrics.items()}
         rl_loss = super()._compute_loss(model, inputs)
         self._forward_request = None
+        accumulation = self.current_gradient_accumulation_steps
+        if srft:
+            rl_loss = rl_loss + self._srft_rollout_loss(inputs, request, rl_rows) / accumulation
         loss = self.args.rl_loss_coef * rl_loss
 
         has_rl = bool(rl_rows.any())
         device = rl_loss.device
-        accumulation = self.current_gradient_accumulation_steps
-        stats = [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=device)]
+        # Sums and counts for the logged terms, reduced over processes; the keys are the same on every process.
+        sums = {"hpt/rl_loss": [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=device)]}
         if has_demonstrations:
             if fused:
-                logps = request.extra_logps
-                nll_sum = -torch.cat(logps).sum() if logps else rl_loss.new_zeros(())
-                num_tokens = torch.tensor(sum(len(lp) for lp in logps), device=device)
+                logps, entropies = request.extra_logps, request.extra_entropies
             else:
                 # DDP broadcasts buffers and ZeRO-3 gathers parameters on every forward, so all processes must run
                 # this one too: a micro-batch without demonstrations runs it on a fully masked row (zero loss).
-                batch_size = kinds.size(0)
-                demo_rows = (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1)
-                rows = demo_rows if demo_rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=kinds.device)
-                nll_sum, num_tokens = self._demonstration_nll(model, select_rows(inputs, rows, batch_size))
-            sft_loss = nll_sum / num_tokens.clamp(min=1)
-            loss = loss + self.args.sft_loss_coef * sft_loss / accumulation
-            stats += [nll_sum.detach(), num_tokens.detach().float()]
+                placeholder = demo_rows.numel() == 0
+                rows = torch.zeros(1, dtype=torch.long, device=device) if placeholder else demo_rows
+                logps = self._demonstration_logps(model, select_rows(inputs, rows, rl_rows.numel()))
+                logps, entropies = ([lp[:0] for lp in logps] if placeholder else logps), None
+            sft_loss, nll_sum, num_tokens, off_policy_loss = self._demonstration_terms(
+                inputs, demo_rows, logps, entropies
+            )
+            if self.args.demonstration_loss in ("sft", "srft"):
+                loss = loss + self.args.sft_loss_coef * sft_loss / accumulation
+                sums["hpt/sft_loss"] = [nll_sum.detach(), num_tokens.detach().float()]
+            if off_policy_loss is not None:
+                loss = loss + self.args.rl_loss_coef * off_policy_loss / accumulation
+                has_demo = torch.tensor(float(demo_rows.numel() > 0), device=device)
+                sums["hpt/off_policy_loss"] = [off_policy_loss.detach() * has_demo, has_demo]
 
-        totals = self.accelerator.reduce(torch.stack(stats), reduction="sum")
-        if totals[1] > 0:
-            metrics["hpt/rl_loss"].append((totals[0] / totals[1]).item())
-        else:
+        totals = self.accelerator.reduce(torch.stack([v for pair in sums.values() for v in pair]), reduction="sum")
+        totals = dict(zip(sums, totals.view(-1, 2), strict=True))
+        if totals["hpt/rl_loss"][1] == 0:
             # No process forwarded an RL row: TRL's metrics of this micro-batch (entropy, clip ratios) describe no
             # token, so they are withdrawn rather than averaged in as zeros.
             for key in list(metrics):
                 del metrics[key][logged_before.get(key, 0) :]
-        if len(totals) > 2 and totals[3] > 0:
-            metrics["hpt/sft_loss"].append((totals[2] / totals[3]).item())
+        for key, (total, count) in totals.items():
+            if count > 0:
+                metrics[key].append((total / count).item())
         return loss
 
-    def _demonstration_sequences(self, inputs) -> list[Sequence]:
-        kinds = inputs["hpt_row_kind"]
+    def _demonstration_terms(self, inputs, demo_rows, logps, entropies):
+        """The SFT term (a token mean), its NLL sum and token count, and the off-policy term (or None)."""
+        weights = inputs["demonstration_weight"][demo_rows] if len(logps) == demo_rows.numel() else None
+        if weights is None:  # the placeholder row
+            weights = torch.zeros(len(logps), device=inputs["demonstration_weight"].device)
+        mode = self.args.demonstration_loss
+        sft_weights = weights
+        if mode == "srft":
+            sft_weights = weights * srft_sft_weights(entropies) if logps else weights
+        nll_sum, num_tokens = weighted_nll(logps, sft_weights)
+        sft_loss = nll_sum / num_tokens.clamp(min=1) if mode in ("sft", "srft") else nll_sum * 0
+        off_policy_loss = None
+        if mode in ("off_policy", "srft"):
+            advantages = inputs["demonstration_advantage"][demo_rows] if logps and weights.any() else weights
+            token_losses = off_policy_token_losses(logps, advantages[: len(logps)])
+            off_policy_loss = self._sum_like_rl_term(token_losses, weights, nll_sum)
+        return sft_loss, nll_sum, num_tokens, off_policy_loss
+
+    def _sum_like_rl_term(self, token_losses: list[torch.Tensor], weights: torch.Tensor, anchor) -> torch.Tensor:
+        """Aggregate per-row token losses as TRL aggregates the RL term: dr_grpo sums, grpo averages per row."""
+        if not token_losses:
+            return anchor * 0
+        rows = self.args.per_device_train_batch_size
+        if self.loss_type == "dr_grpo":
+            per_row = torch.stack([losses.sum() for losses in token_losses])
+            return (weights * per_row).sum() / (rows * self.max_completion_length)
+        per_row = torch.stack([losses.mean() if len(losses) else losses.sum() for losses in token_losses])
+        return (weights * per_row).sum() / rows
+
+    def _srft_rollout_loss(self, inputs, request, rl_rows) -> torch.Tensor:
+        """SRFT's on-policy term: `-w * log p` per token, w = 0.1 exp(H) (correct rollout) or -1 (wrong)."""
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        rows = rl_rows.nonzero().squeeze(1)
+        logps, entropies = request.row_logps[rows], request.row_entropies[rows]
+        row_mask = mask[rows]
+        mean_entropy = (entropies.detach() * row_mask).sum(1) / row_mask.sum(1).clamp(min=1)
+        weights = srft_rollout_weights(mean_entropy, inputs["hpt_correct"][rows]) * inputs["hpt_rl_weight"][rows]
+        token_losses = [-(lp * m)[m.bool()] for lp, m in zip(logps, row_mask)]
+        return self._sum_like_rl_term(token_losses, weights, request.row_logps.sum())
+
+    def _demonstration_sequences(self, inputs, rows: torch.Tensor) -> list[Sequence]:
         sequences = []
-        for row in (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1).tolist():
+        for row in rows.tolist():
             num_tokens = int(inputs["demonstration_mask"][row].sum())
             sequences.append(
                 Sequence(
@@ -357,7 +505,7 @@ class HPTTrainer(GRPOTrainer):
         keeps_everything = request is not None and not request.extra and len(rows) == num_rows
         if sequences is None or (keeps_everything and not self.padding_free):
             # TRL's own rectangle: nothing to leave out, nothing to pack (or a batch that is not TRL's layout).
-            return super()._get_per_token_logps_and_entropies(
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
                 attention_mask,
@@ -367,6 +515,9 @@ class HPTTrainer(GRPOTrainer):
                 compute_aux_loss=compute_aux_loss,
                 **multimodal_inputs,
             )
+            if request is not None:
+                request.row_logps, request.row_entropies = logps, entropies
+            return logps, entropies, aux
 
         extra = request.extra if request is not None else []
         # One forward per chunk of `batch_size` rows, as in TRL: every process then runs the same number of forwards.
@@ -383,12 +534,15 @@ class HPTTrainer(GRPOTrainer):
             aux_losses.append(aux_loss)
         if request is not None:
             request.extra_logps = logps[len(rows) :]
+            request.extra_entropies = entropies[len(rows) :]
         anchor = logps[-1].sum() * 0  # keeps the output connected to the forward even when no row was kept
         out_logps = to_rectangle(logps[: len(rows)], rows, num_rows, logits_to_keep, like=anchor)
         out_entropies = None
         if compute_entropy:
             out_entropies = to_rectangle(entropies[: len(rows)], rows, num_rows, logits_to_keep, like=anchor.detach())
         aux = torch.stack(aux_losses).mean() if compute_aux_loss else None
+        if request is not None:
+            request.row_logps, request.row_entropies = out_logps, out_entropies
         return out_logps, out_entropies, aux
 
     def _forward_sequences(self, model, sequences, input_ids, compute_entropy, compute_aux_loss):
@@ -413,8 +567,8 @@ class HPTTrainer(GRPOTrainer):
             logps, entropies = [logps[0][:0]], [entropies[0][:0]] if compute_entropy else []
         return logps, entropies, outputs.aux_loss if compute_aux_loss else None
 
-    def _demonstration_nll(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed negative log-likelihood (at temperature 1) of the demonstration tokens of `batch`, and their count."""
+    def _demonstration_logps(self, model, batch: dict) -> list[torch.Tensor]:
+        """Per row of `batch`, the log-probs (at temperature 1) of its demonstration tokens."""
         prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
         demo_ids, demo_mask = batch["demonstration_ids"], batch["demonstration_mask"]
         # Drop the padding columns these rows share, so a short demonstration batch does not pay for long rollouts.
@@ -426,7 +580,8 @@ class HPTTrainer(GRPOTrainer):
         input_ids = torch.cat([prompt_ids, demo_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, demo_mask], dim=1)
         logps = self._logps_at_unit_temperature(model, input_ids, attention_mask, demo_width)
-        return -(logps * demo_mask).sum(), demo_mask.sum()
+        # A placeholder row (mask 0) keeps its first log-prob, so the caller can cut it to an empty, connected slice.
+        return [lp[: max(int(m.sum()), 1)] for lp, m in zip(logps, demo_mask)]
 
     def _logps_at_unit_temperature(self, model, input_ids, attention_mask, logits_to_keep):
         if self.temperature == 1.0:

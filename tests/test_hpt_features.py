@@ -12,9 +12,11 @@ from hpt_testing import (
     record_generation_batches,
 )
 from transformers import AutoModelForCausalLM
+from trl import GRPOTrainer
 
 from hpt_trl import HPTTrainer
 from hpt_trl.gating import DEMONSTRATION_ROW, RL_ROW, select_rows
+from hpt_trl.hpt_trainer import _ForwardRequest
 
 
 def mixed_reward(completions, pid, **kwargs):
@@ -129,6 +131,22 @@ def test_vllm_fields_of_gated_rows_are_neutralised(tiny_model_dir, tmp_path):
     assert not torch.allclose(loss_after_swap(boosted)[0], reference)
 
 
+def training_path_demonstration_nll(trainer, demo):
+    """The demonstrations' NLL along the path training takes: the RL rows' forward at temperature 1, else its own."""
+    if trainer.temperature == 1.0:
+        request = _ForwardRequest(
+            rows=[], extra=trainer._demonstration_sequences(demo, torch.arange(demo["prompt_ids"].size(0)))
+        )
+        trainer._forward_request = request
+        input_ids = torch.cat([demo["prompt_ids"], demo["completion_ids"]], dim=1)
+        attention = torch.cat([demo["prompt_mask"], demo["completion_mask"]], dim=1)
+        trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, demo["completion_ids"].size(1))
+        logps = request.extra_logps
+    else:
+        logps = trainer._demonstration_logps(trainer.model, demo)
+    return -sum(lp.sum() for lp in logps), sum(len(lp) for lp in logps)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_demonstration_log_probs_are_the_models_own_at_temperature_one(tiny_model_dir, tmp_path, temperature):
     args = make_config(
@@ -147,7 +165,7 @@ def test_demonstration_log_probs_are_the_models_own_at_temperature_one(tiny_mode
     demo = select_rows(batch, (kinds == DEMONSTRATION_ROW).nonzero().squeeze(1), kinds.size(0))
     trainer.model.eval()
     with torch.no_grad():
-        nll, num_tokens = trainer._demonstration_nll(trainer.model, demo)
+        nll, num_tokens = training_path_demonstration_nll(trainer, demo)
         # Independently: the plain forward of the same weights, log-softmax at temperature 1, per row.
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         model.load_state_dict(trainer.model.state_dict())
@@ -168,7 +186,9 @@ def test_demonstration_log_probs_are_the_models_own_at_temperature_one(tiny_mode
         attention = torch.cat([demo["prompt_mask"], demo["demonstration_mask"]], dim=1)
         width = demo["demonstration_ids"].size(1)
         with torch.no_grad():
-            trl_logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, width)
+            trl_logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, trainer.model, input_ids, attention, width
+            )
         torch.testing.assert_close(nll, -(trl_logps * demo["demonstration_mask"]).sum())
 
 

@@ -143,21 +143,21 @@ def test_demonstration_counts_once_with_accumulation_and_steps_per_generation(ti
     if temperature == 1.0:  # the demonstrations share the RL rows' forward
         original_sequences = trainer._demonstration_sequences
 
-        def counting(inputs):
-            sequences = original_sequences(inputs)
+        def counting(inputs, rows):
+            sequences = original_sequences(inputs, rows)
             seen.append(sum(len(s.scored) for s in sequences))
             return sequences
 
         trainer._demonstration_sequences = counting
     else:  # their own forward at temperature 1
-        original = trainer._demonstration_nll
+        original = trainer._demonstration_logps
 
         def counting(model, batch):
-            nll, tokens = original(model, batch)
-            seen.append(int(tokens))
-            return nll, tokens
+            logps = original(model, batch)
+            seen.append(int(batch["demonstration_mask"].sum()))
+            return logps
 
-        trainer._demonstration_nll = counting
+        trainer._demonstration_logps = counting
     trainer.train()
 
     assert len(batches) == 1, "4 micro-batches of one generation batch: generated once"

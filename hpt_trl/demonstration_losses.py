@@ -1,0 +1,71 @@
+"""
+The terms a demonstration can enter the loss with, in the unified estimator's terms (arXiv 2509.04419, Table 1).
+
+Each takes the per-token log-probabilities (temperature 1, with gradient) of the demonstration tokens of a micro-batch,
+one 1-D tensor per demonstration row, and a per-row weight (the gate's demonstration coefficient).
+
+- SFT: reference-policy denominator pi_theta, advantage 1: the token-mean negative log-likelihood.
+- Off-policy (LUFFY): denominator 1 with the shaping f(p) = p / (p + 0.1), the group's advantage, no clipping.
+- SRFT: SFT weighted by 0.5 * exp(-H) with H the row's mean token entropy (detached), as the authors' SRFT code.
+"""
+
+import torch
+
+
+OFF_POLICY_SHAPING = 0.1  # LUFFY's "p_div_p_0.1": p / (p + 0.1)
+SRFT_SFT_SCALE = 0.5  # SRFT: sft weight 0.5 * exp(-H)
+SRFT_RL_SCALE = 0.1  # SRFT: weight 0.1 * exp(H) on a correct rollout; a wrong one gets -1
+
+
+def weighted_nll(logps: list[torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sum_i w_i * sum_t -log p_it, number of tokens)`: divide the first by the second for the token mean."""
+    if not logps:
+        return weights.new_zeros(()), weights.new_zeros(())
+    nll = torch.stack([-lp.sum() for lp in logps])
+    return (weights * nll).sum(), weights.new_tensor(float(sum(len(lp) for lp in logps)))
+
+
+def off_policy_token_losses(logps: list[torch.Tensor], advantages: torch.Tensor) -> list[torch.Tensor]:
+    """Per token `-A_i * p / (p + 0.1)` with `p = exp(log p)`: the gradient is `-A * 0.1 p / (p + 0.1)^2 * grad log p`."""
+    losses = []
+    for lp, advantage in zip(logps, advantages, strict=True):
+        p = lp.exp()
+        losses.append(-advantage * p / (p + OFF_POLICY_SHAPING))
+    return losses
+
+
+def row_mean_entropy(entropies: list[torch.Tensor]) -> torch.Tensor:
+    """The mean token entropy of each row, detached (SRFT's H)."""
+    return torch.stack([e.detach().mean() if len(e) else e.new_zeros(()) for e in entropies])
+
+
+def srft_sft_weights(entropies: list[torch.Tensor]) -> torch.Tensor:
+    return SRFT_SFT_SCALE * torch.exp(-row_mean_entropy(entropies))
+
+
+def srft_rollout_weights(mean_entropy: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """SRFT's on-policy weight in place of the advantage: `0.1 * exp(H)` on a correct rollout, `-1` on a wrong one."""
+    return torch.where(correct, SRFT_RL_SCALE * torch.exp(mean_entropy), -torch.ones_like(mean_entropy))
+
+
+def group_advantages_with_demonstration(
+    rewards: torch.Tensor, demonstration_reward: float, scale: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Advantages of a group that counts its demonstration as one more sample (LUFFY, SRFT).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(num_prompts, num_generations)`): the rollouts' rewards.
+        demonstration_reward (`float`): the reward the demonstration counts with.
+        scale (`str`): `"none"` (mean-centred, the authors') or `"group"` (also divided by the group's std + 1e-4).
+
+    Returns:
+        `(rollout_advantages of shape (num_prompts, num_generations), demonstration_advantages of shape (num_prompts,))`.
+    """
+    group = torch.cat([rewards, rewards.new_full((rewards.size(0), 1), demonstration_reward)], dim=1)
+    centred = group - group.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (group.std(dim=1, keepdim=True) + 1e-4)
+    elif scale != "none":
+        raise ValueError(f"scale_rewards={scale!r} is not supported with a demonstration in the group.")
+    return centred[:, :-1], centred[:, -1]

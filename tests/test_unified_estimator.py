@@ -1,0 +1,248 @@
+"""Issue 5: the gate strategies and demonstration losses against formulas computed here, independently."""
+
+import json
+import math
+
+import pytest
+import torch
+from hpt_testing import NUM_GENERATIONS, make_config, make_dataset, parameters, record_generation_batches
+
+from hpt_trl import HPTTrainer
+from hpt_trl.demonstration_losses import group_advantages_with_demonstration, off_policy_token_losses
+from hpt_trl.gating import AdaptiveGamma, gate_coefficients
+
+
+SOFT_RL = [0.0, 0.125, 0.25, 0.5, 1.0]
+SOFT_DEMO = [1.0, 0.5, 0.25, 0.125, 0.0]
+
+
+def correct_by_pid(completions, pid, **kwargs):
+    """Prompt `pid` gets exactly P = pid % 5 correct rollouts: the first P rows of its group (one process, in order)."""
+    rewards, seen = [], {}
+    for p in pid:
+        position = seen.get(p, 0)
+        seen[p] = position + 1
+        rewards.append(float(position < p % (NUM_GENERATIONS + 1)))
+    return rewards
+
+
+def test_gate_coefficients_by_strategy():
+    counts = torch.tensor([0, 1, 2, 3, 4, 7])
+    rl, demo = gate_coefficients(counts, "switch", gamma=1)
+    assert rl.tolist() == [0, 0, 1, 1, 1, 1] and demo.tolist() == [1, 1, 0, 0, 0, 0]
+    rl, demo = gate_coefficients(counts, "soft", gamma=0)  # the authors' table; the last entry for P >= 4
+    assert rl.tolist() == [0.0, 0.125, 0.25, 0.5, 1.0, 1.0]
+    assert demo.tolist() == [1.0, 0.5, 0.25, 0.125, 0.0, 0.0]
+    rl, demo = gate_coefficients(counts, "soft", gamma=0, soft_rl=(0.2, 0.7), soft_demonstration=(0.9,))
+    assert rl.tolist() == pytest.approx([0.2, 0.7, 0.7, 0.7, 0.7, 0.7]) and demo.tolist() == pytest.approx([0.9] * 6)
+    rl, demo = gate_coefficients(counts, "always", gamma=0)
+    assert rl.tolist() == demo.tolist() == [1.0] * 6
+
+
+def test_adaptive_gamma_follows_the_running_accuracy():
+    rule = AdaptiveGamma(num_generations=8, target_accuracy=0.25, decay=0.5)
+    assert rule.update(0.0) == 2  # round(8 * 0.25): the paper's gamma for a weak model
+    assert rule.accuracy == 0.0
+    assert rule.update(0.2) == 1  # a = 0.1: round(8 * 0.15) = round(1.2)
+    assert rule.update(0.5) == 0  # a = 0.3 >= target
+    assert rule.update(0.0) == 1  # a = 0.15: round(8 * 0.1) = round(0.8)
+    assert rule.accuracy == pytest.approx(0.15)
+    restored = AdaptiveGamma(8, 0.25, 0.5)
+    restored.load_state_dict(json.loads(json.dumps(rule.state_dict())))
+    assert (restored.accuracy, restored.num_batches, restored.gamma) == (rule.accuracy, 4, rule.gamma)
+
+
+def test_group_advantages_count_the_demonstration_as_a_sample():
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    rollouts, demo = group_advantages_with_demonstration(rewards, 1.0, "none")
+    torch.testing.assert_close(rollouts, torch.tensor([[-0.4, -0.4, -0.4, 0.6], [0.0] * 4]))
+    torch.testing.assert_close(demo, torch.tensor([0.6, 0.0]))
+    rollouts, demo = group_advantages_with_demonstration(rewards, 1.0, "group")
+    std = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]).std()
+    torch.testing.assert_close(demo[0], 0.6 / (std + 1e-4))
+
+
+def test_luffy_weight_and_its_gradient():
+    logp = torch.tensor([-0.1, -1.0, -3.0, -8.0], requires_grad=True)
+    advantage = torch.tensor(0.75)
+    (losses,) = off_policy_token_losses([logp], advantage.unsqueeze(0))
+    p = logp.detach().exp()
+    torch.testing.assert_close(losses, -advantage * p / (p + 0.1))
+    losses.sum().backward()
+    # d/dlogp of -A p/(p+0.1) = -A * 0.1 p / (p+0.1)^2: tokens the policy finds unlikely are not blown up (p -> 0).
+    torch.testing.assert_close(logp.grad, -advantage * 0.1 * p / (p + 0.1) ** 2)
+    # Unlike SFT's weight 1 on every token's grad log p, this weight is at most A/4 (at p = 0.1) and vanishes as p -> 0.
+    assert (logp.grad.abs() <= 0.25 * advantage + 1e-7).all() and logp.grad[-1].abs() < 0.01
+
+
+def _plain_logps(model, prompt, completion):
+    """Log-probs and entropies (temperature 1) of `completion` after `prompt`, from a plain forward."""
+    full = torch.cat([prompt, completion]).unsqueeze(0)
+    logits = model(full).logits[0, len(prompt) - 1 : -1].float()
+    logprobs = logits.log_softmax(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return logprobs.gather(1, completion.unsqueeze(1)).squeeze(1), entropy
+
+
+def _expected_objective(trainer, batch, mode):
+    """The mode's objective built from the batch's raw tokens and the known rewards, not from the trainer's terms."""
+    args = trainer.args
+    model = trainer.model
+    rows, width = batch["completion_ids"].size(0), args.max_completion_length
+    pids = batch["pids"]
+    n = NUM_GENERATIONS
+    rewards = torch.tensor(correct_by_pid(None, pids)).view(-1, n)
+    counts = rewards.sum(1).long()
+    if mode == "soft":
+        rl_coef = torch.tensor([SOFT_RL[min(int(c), 4)] for c in counts])
+        demo_coef = torch.tensor([SOFT_DEMO[min(int(c), 4)] for c in counts])
+    else:
+        rl_coef, demo_coef = torch.ones(len(counts)), torch.ones(len(counts))
+    if mode == "soft":
+        advantages = rewards - rewards.mean(1, keepdim=True)
+        demo_advantages = None
+    else:  # LUFFY/SRFT: the demonstration (reward 1) is one more sample of the group
+        group_mean = (rewards.sum(1) + 1.0) / (n + 1)
+        advantages = rewards - group_mean.unsqueeze(1)
+        demo_advantages = 1.0 - group_mean
+
+    objective = torch.zeros(())
+    sft_sum, sft_tokens = torch.zeros(()), 0
+    for row in range(rows):
+        group, position = divmod(row, n)
+        prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
+        completion = batch["completion_ids"][row][batch["completion_mask"][row].bool()]
+        if rl_coef[group] > 0 and len(completion):
+            logps, entropy = _plain_logps(model, prompt, completion)
+            if mode == "srft":
+                correct = rewards[group, position] == 1
+                weight = 0.1 * entropy.detach().mean().exp() if correct else torch.tensor(-1.0)
+            else:
+                weight = rl_coef[group] * advantages[group, position]
+            objective = objective - weight * logps.sum() / (rows * width)
+        if position == 0 and demo_coef[group] > 0:
+            demo = batch["demonstration_ids"][row][batch["demonstration_mask"][row].bool()]
+            logps, entropy = _plain_logps(model, prompt, demo)
+            if mode in ("soft", "srft"):
+                weight = demo_coef[group] * (0.5 * (-entropy.detach().mean()).exp() if mode == "srft" else 1.0)
+                sft_sum, sft_tokens = sft_sum - weight * logps.sum(), sft_tokens + len(demo)
+            if mode in ("off_policy", "srft"):
+                p = logps.exp()
+                objective = objective + (-demo_advantages[group] * p / (p + 0.1)).sum() / (rows * width)
+    return objective + args.sft_loss_coef * sft_sum / max(sft_tokens, 1)
+
+
+@pytest.mark.parametrize(
+    "mode, options",
+    [
+        ("soft", dict(gate_strategy="soft")),
+        ("off_policy", dict(gate_strategy="always", demonstration_loss="off_policy")),
+        ("srft", dict(gate_strategy="always", demonstration_loss="srft")),
+    ],
+)
+def test_each_mode_has_the_gradient_of_its_formula(tiny_model_dir, tmp_path, mode, options):
+    args = make_config(
+        tmp_path, max_steps=1, per_device_train_batch_size=32, max_completion_length=40, sft_loss_coef=0.7, **options
+    )
+    trainer = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=make_dataset(num_prompts=8))
+    batches = record_generation_batches(trainer)
+    trainer.train()
+    batch = batches[0]
+    counts = torch.tensor(correct_by_pid(None, batch["pids"])).view(-1, NUM_GENERATIONS).sum(1)
+    assert sorted(set(counts.tolist())) == [0, 1, 2, 3, 4], "every P of the table must occur"
+    if mode == "soft":
+        first_rows = batch["demonstration_weight"].view(-1, NUM_GENERATIONS)[:, 0]
+        assert first_rows.tolist() == [SOFT_DEMO[int(c)] for c in counts]
+
+    model = trainer.model
+    model.train()
+    trainer._step = 0  # a fresh accumulation window of one micro-batch
+    inputs = {k: v for k, v in batch.items() if k != "pids"}
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(trainer._compute_loss(model, inputs), params, allow_unused=True)
+    want = torch.autograd.grad(_expected_objective(trainer, batch, mode), params, allow_unused=True)
+    compared = 0
+    for g, w in zip(got, want):
+        if w is None:
+            continue
+        torch.testing.assert_close(g, w, rtol=2e-3, atol=2e-6)
+        compared += 1
+    assert compared == len(params)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(gate_strategy="switch", gamma=1),
+        dict(gate_strategy="soft"),
+        dict(gate_strategy="adaptive"),
+        dict(gate_strategy="always"),
+        dict(gate_strategy="always", demonstration_loss="off_policy"),
+        dict(gate_strategy="always", demonstration_loss="srft"),
+        dict(gate_strategy="switch", gamma=1, demonstration_loss="off_policy", temperature=0.8),
+    ],
+    ids=["switch", "soft", "adaptive", "always-sft", "luffy", "srft", "switch-off-policy-T0.8"],
+)
+def test_each_mode_trains(tiny_model_dir, tmp_path, options):
+    args = make_config(tmp_path, max_completion_length=24, gradient_accumulation_steps=2, **options)
+    trainer = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=make_dataset())
+    before = parameters(trainer.model)
+    trainer.train()
+    after = parameters(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in after)
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2 and all(math.isfinite(log["loss"]) for log in logs)
+    if options.get("demonstration_loss") in ("off_policy", "srft"):
+        assert all(math.isfinite(log["hpt/off_policy_loss"]) for log in logs)
+    if options["gate_strategy"] == "adaptive":
+        assert all("hpt/gamma" in log for log in logs)
+
+
+@pytest.mark.parametrize(
+    "reduced",
+    [
+        dict(gate_strategy="soft", soft_rl_coefs=[0.0, 1.0], soft_demonstration_coefs=[1.0, 0.0]),
+        dict(gate_strategy="adaptive", adaptive_target_accuracy=0.01),  # gamma = round(4 * (0.01 - a)) = 0
+    ],
+    ids=["soft-0/1-table", "adaptive-at-target"],
+)
+def test_modes_that_reduce_to_the_switch_give_identical_updates(tiny_model_dir, tmp_path, reduced):
+    results = []
+    for name, options in (("switch", dict(gate_strategy="switch", gamma=0)), ("reduced", reduced)):
+        args = make_config(tmp_path / name, max_completion_length=24, **options)
+        trainer = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=make_dataset())
+        trainer.train()
+        results.append(parameters(trainer.model))
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+def test_adaptive_gate_state_survives_resume(tiny_model_dir, tmp_path):
+    args = make_config(
+        tmp_path, gate_strategy="adaptive", save_strategy="steps", save_steps=2, max_completion_length=16
+    )
+    trainer = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=make_dataset())
+    trainer.train()
+    saved = json.loads((tmp_path / "checkpoint-2" / "hpt_gate_state.json").read_text())
+    assert saved == trainer.adaptive_gamma.state_dict() and saved["num_batches"] == 2
+
+    args = make_config(tmp_path, gate_strategy="adaptive", max_steps=3, max_completion_length=16)
+    resumed = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=make_dataset())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed.adaptive_gamma.num_batches == 3
+
+
+def test_toolkit_options_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="gate_strategy must be one of"):
+        make_config(tmp_path, gate_strategy="hard")
+    with pytest.raises(ValueError, match="soft_rl_coefs must be a non-empty list"):
+        make_config(tmp_path, gate_strategy="soft", soft_rl_coefs=[0.5, -1.0])
+    with pytest.raises(ValueError, match="loss_type='dapo'"):
+        make_config(tmp_path, demonstration_loss="off_policy", loss_type="dapo")
+    with pytest.raises(ValueError, match="temperature=1.0"):
+        make_config(tmp_path, demonstration_loss="srft", temperature=0.7)
+    with pytest.raises(ValueError, match="gamma=-1"):
+        make_config(tmp_path, gamma=-1, gate_strategy="soft")
+    parts = make_config(tmp_path, gate_strategy="always", demonstration_loss="off_policy").upge_parts
+    assert parts["demonstrations/reference_denominator"] == "1, shaped p/(p+0.1)"
+    assert "demonstrations/advantage" not in make_config(tmp_path, gamma=-1).upge_parts
