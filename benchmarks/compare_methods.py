@@ -27,17 +27,17 @@ sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
 from hpt_trl.arithmetic_task import evaluate_accuracy  # noqa: E402
-from hpt_trl.data import METHODS  # noqa: E402
+from hpt_trl.data import METHODS, TOOLKIT_VARIANTS  # noqa: E402
 
 
 PASS_AT = (1, 4, 16)
 # Each compared run: a train.py method and the HPTConfig settings that make it (the README's method table).
 VARIANTS = {
     **{method: (method, []) for method in METHODS},
-    "hpt_soft": ("hpt", ["--gate_strategy", "soft"]),
-    "hpt_adaptive": ("hpt", ["--gate_strategy", "adaptive"]),
-    "luffy": ("hpt", ["--gate_strategy", "always", "--demonstration_loss", "off_policy"]),
-    "srft": ("hpt", ["--gate_strategy", "always", "--demonstration_loss", "srft"]),
+    **{
+        name: ("hpt", [arg for key, value in settings.items() for arg in (f"--{key}", value)])
+        for name, settings in TOOLKIT_VARIANTS.items()
+    },
 }
 
 

@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 HPT_DATASET_NAME = "Elliott/Openr1-Math-46k-8192"
 PROMPT_TEMPLATES = ("chat", "llama", "none")
 METHODS = ("hpt", "sft", "grpo", "sft_then_grpo")
+# The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
+TOOLKIT_VARIANTS = {
+    "hpt_soft": {"gate_strategy": "soft"},
+    "hpt_adaptive": {"gate_strategy": "adaptive"},
+    "luffy": {"gate_strategy": "always", "demonstration_loss": "off_policy"},
+    "srft": {"gate_strategy": "always", "demonstration_loss": "srft"},
+}
 # The base-model template of the paper's Llama-3.1-8B runs: a base model has no chat template, so the problem is
 # wrapped in plain text that ends where the model should start reasoning.
 LLAMA_PROMPT_TEMPLATE = "Question:\n{problem}\nAnswer:\nLet's think step by step."

@@ -116,7 +116,11 @@ class HPTTrainer(GRPOTrainer):
         self._warned_truncation = False
         self._forward_request = None
         attention = str(getattr(self.model.config, "_attn_implementation", None) or "")
-        self.padding_free = args.padding_free if args.padding_free is not None else "flash" in attention
+        flash = "flash" in attention
+        self.padding_free = args.padding_free if args.padding_free is not None else flash
+        # Flash-attention's varlen kernel takes one packed row; a dense mask (sdpa, eager) takes rows as wide as the
+        # longest sequence, several sequences to a row, so attention costs what a padded batch costs.
+        self._layout = ("packed" if flash else "bins") if self.padding_free else "padded"
         skip = args.skip_zero_advantage_rows
         self.skip_zero_advantage_rows = not args.zero_advantage_gradient_terms() if skip is None else skip
 
@@ -551,7 +555,7 @@ class HPTTrainer(GRPOTrainer):
         if placeholder:
             # Every process must forward (DDP, ZeRO-3): two tokens, nothing scored but the placeholder itself.
             sequences = [Sequence(context=input_ids[0, -2:-1], scored=input_ids[0, -1:])]
-        plan = plan_forward(sequences, packed=self.padding_free, pad_token_id=self._tokenizer.pad_token_id)
+        plan = plan_forward(sequences, layout=self._layout, pad_token_id=self._tokenizer.pad_token_id)
         model_inputs = {"input_ids": plan.input_ids, "labels": plan.labels}
         if plan.attention_mask is not None:
             model_inputs["attention_mask"] = plan.attention_mask

@@ -2,9 +2,9 @@
 Training forwards over the tokens that carry loss: the chosen rows only, without padding between them.
 
 A sequence to forward is a context (the prompt) followed by the tokens whose log-probabilities are wanted (a rollout or
-a demonstration). [`plan_forward`] lays sequences out either packed into one row (padding-free: `position_ids` restart
-at every sequence, which transformers turns into a block-diagonal causal mask, and flash-attention into its varlen
-kernel) or right-padded into a rectangle no wider than the longest sequence; [`split_scored`] reads each sequence's
+a demonstration). [`plan_forward`] lays sequences out without padding (packed rows: `position_ids` restart at every
+sequence, which transformers turns into a block-diagonal causal mask, and flash-attention into its varlen kernel) or
+right-padded into a rectangle no wider than the longest sequence; [`split_scored`] reads each sequence's
 log-probabilities back out of the model's per-token output.
 """
 
@@ -59,37 +59,64 @@ def sequences_from_batch(
     return sequences
 
 
-def plan_forward(sequences: list[Sequence], packed: bool, pad_token_id: int) -> ForwardPlan:
-    """Lay the sequences out for one forward: packed into one row, or right-padded to the longest one."""
+def plan_forward(sequences: list[Sequence], layout: str, pad_token_id: int) -> ForwardPlan:
+    """
+    Lay the sequences out for one forward.
+
+    `"packed"`: all in one row (flash-attention's varlen kernel keeps attention per sequence). `"bins"`: rows as wide
+    as the longest sequence, each holding as many sequences as fit (first-fit decreasing), so that a dense attention
+    mask costs no more than a padded batch while almost no position is padding. `"padded"`: one sequence per row,
+    right-padded to the longest, with an attention mask. Packed rows mark their sequences by restarting
+    `position_ids`; their trailing padding sits after every real token, so causal attention never reads it.
+    """
     tokens = [torch.cat([s.context, s.scored]) for s in sequences]
     labels = [torch.cat([torch.full_like(s.context, -100), s.scored]) for s in sequences]
     # In the shifted output, position i holds the log-probability of token i + 1.
     first_scored = [len(s.context) - 1 for s in sequences]
-    if packed:
-        offsets = torch.tensor([0] + [len(t) for t in tokens]).cumsum(0).tolist()
-        return ForwardPlan(
-            input_ids=torch.cat(tokens).unsqueeze(0),
-            labels=torch.cat(labels).unsqueeze(0),
-            attention_mask=None,
-            position_ids=torch.cat([torch.arange(len(t), device=t.device) for t in tokens]).unsqueeze(0),
-            spans=[
-                (0, offsets[i] + first, len(s.scored)) for i, (s, first) in enumerate(zip(sequences, first_scored))
-            ],
-        )
     width = max(len(t) for t in tokens)
-    input_ids = tokens[0].new_full((len(tokens), width), pad_token_id)
-    padded_labels = tokens[0].new_full((len(tokens), width), -100)
-    attention_mask = tokens[0].new_zeros((len(tokens), width))
-    for row, (t, lab) in enumerate(zip(tokens, labels)):
-        input_ids[row, : len(t)] = t
-        padded_labels[row, : len(t)] = lab
-        attention_mask[row, : len(t)] = 1
+    if layout == "padded":
+        rows = [[i] for i in range(len(tokens))]
+    elif layout == "packed":
+        rows = [list(range(len(tokens)))]
+        width = sum(len(t) for t in tokens)
+    elif layout == "bins":
+        rows, free = [], []
+        for i in sorted(range(len(tokens)), key=lambda i: -len(tokens[i])):
+            fit = next((b for b, room in enumerate(free) if room >= len(tokens[i])), None)
+            if fit is None:
+                rows.append([i])
+                free.append(width - len(tokens[i]))
+            else:
+                rows[fit].append(i)
+                free[fit] -= len(tokens[i])
+    else:
+        raise ValueError(f"Unknown layout {layout!r}: use 'packed', 'bins' or 'padded'.")
+
+    template = tokens[0]
+    input_ids = template.new_full((len(rows), width), pad_token_id)
+    padded_labels = template.new_full((len(rows), width), -100)
+    position_ids = template.new_zeros((len(rows), width))
+    attention_mask = template.new_zeros((len(rows), width))
+    spans = [None] * len(tokens)
+    for row, members in enumerate(rows):
+        offset = 0
+        for i in members:
+            length = len(tokens[i])
+            input_ids[row, offset : offset + length] = tokens[i]
+            padded_labels[row, offset : offset + length] = labels[i]
+            position_ids[row, offset : offset + length] = torch.arange(length, device=template.device)
+            attention_mask[row, offset : offset + length] = 1
+            spans[i] = (row, offset + first_scored[i], len(sequences[i].scored))
+            offset += length
+        # Trailing padding restarts its positions, so that it forms a block of its own.
+        position_ids[row, offset:] = torch.arange(width - offset, device=template.device)
+    padded = layout == "padded"
     return ForwardPlan(
         input_ids=input_ids,
         labels=padded_labels,
-        attention_mask=attention_mask,
-        position_ids=None,
-        spans=[(row, first, len(s.scored)) for row, (s, first) in enumerate(zip(sequences, first_scored))],
+        attention_mask=attention_mask if padded else None,
+        position_ids=None if padded else position_ids,
+        spans=spans,
     )
 
 

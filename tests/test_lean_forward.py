@@ -23,10 +23,15 @@ def test_packed_and_padded_layouts_score_like_the_rectangle():
     model = build_tiny_qwen2(build_char_tokenizer(), hidden_size=32).eval()
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
     # TRL's layout: prompts left-padded to 5, completions right-padded to 4.
-    prompts = [torch.tensor([11, 12, 13]), torch.tensor([21, 22, 23, 24, 25]), torch.tensor([31])]
-    completions = [torch.tensor([41, 42, 43, 44]), torch.tensor([51, 52]), torch.tensor([61, 62, 63])]
-    input_ids = torch.zeros(3, 9, dtype=torch.long)
-    attention_mask = torch.zeros(3, 9, dtype=torch.long)
+    prompts = [torch.tensor([11, 12, 13]), torch.tensor([21, 22, 23, 24, 25]), torch.tensor([31]), torch.tensor([81])]
+    completions = [
+        torch.tensor([41, 42, 43, 44]),
+        torch.tensor([51, 52]),
+        torch.tensor([61, 62, 63]),
+        torch.tensor([82, 83]),
+    ]
+    input_ids = torch.zeros(4, 9, dtype=torch.long)
+    attention_mask = torch.zeros(4, 9, dtype=torch.long)
     for row, (p, c) in enumerate(zip(prompts, completions)):
         input_ids[row, 5 - len(p) : 5], attention_mask[row, 5 - len(p) : 5] = p, 1
         input_ids[row, 5 : 5 + len(c)], attention_mask[row, 5 : 5 + len(c)] = c, 1
@@ -38,9 +43,11 @@ def test_packed_and_padded_layouts_score_like_the_rectangle():
     sequences = sequences_from_batch(input_ids, attention_mask, logits_to_keep=4, rows=[2, 0])
     assert [s.context.tolist() for s in sequences] == [[31], [11, 12, 13]]
     assert [s.scored.tolist() for s in sequences] == [[61, 62, 63], [41, 42, 43, 44]]
-    for packed in (True, False):
-        plan = plan_forward(sequences, packed=packed, pad_token_id=0)
-        assert plan.num_positions == (4 + 7 if packed else 2 * 7)
+    rows = [2, 0, 1, 3]  # lengths 4, 7, 7 and 3: bins of width 7 hold them in 3 rows, the last two sharing one
+    sequences = sequences_from_batch(input_ids, attention_mask, logits_to_keep=4, rows=rows)
+    for layout, shape in (("packed", (1, 21)), ("bins", (3, 7)), ("padded", (4, 7))):
+        plan = plan_forward(sequences, layout=layout, pad_token_id=0)
+        assert tuple(plan.input_ids.shape) == shape
         with torch.no_grad():
             out = model(
                 input_ids=plan.input_ids,
@@ -49,9 +56,9 @@ def test_packed_and_padded_layouts_score_like_the_rectangle():
                 labels=plan.labels,
                 fused_lm_head=True,
             )
-        for row, logps in zip([2, 0], split_scored(out.log_probs, plan)):
+        for row, logps in zip(rows, split_scored(out.log_probs, plan)):
             torch.testing.assert_close(logps, rectangle.log_probs[row, 4 : 4 + len(logps)], rtol=1e-5, atol=1e-5)
-        for row, entropy in zip([2, 0], split_scored(out.entropy, plan)):
+        for row, entropy in zip(rows, split_scored(out.entropy, plan)):
             torch.testing.assert_close(entropy, rectangle.entropy[row, 4 : 4 + len(entropy)], rtol=1e-5, atol=1e-5)
 
     # A hole in a completion mask is not TRL's layout: the caller must keep the rectangle.
@@ -97,13 +104,14 @@ def test_training_forwards_cover_only_sequences_with_loss(tiny_model_dir, tmp_pa
         kinds_seen |= set(inputs["hpt_row_kind"].tolist())
         if needed == 0:
             assert positions == 2  # nothing carries loss: a two-token placeholder keeps the processes in step
-        elif padding_free:
-            assert (rows, positions) == (1, needed)
         else:
-            assert positions == rows * width and positions >= needed
-            assert rows == int(
-                (inputs["completion_mask"].sum(1) > 0).logical_and(inputs["advantages"] != 0).sum()
-            ) + int((inputs["hpt_row_kind"] == DEMONSTRATION_ROW).sum())
+            rl = (inputs["completion_mask"].sum(1) > 0).logical_and(inputs["advantages"] != 0)
+            demos = inputs["hpt_row_kind"] == DEMONSTRATION_ROW
+            lengths = (inputs["prompt_mask"].sum(1) + inputs["completion_mask"].sum(1))[rl].tolist()
+            lengths += (inputs["prompt_mask"].sum(1) + inputs["demonstration_mask"].sum(1))[demos].tolist()
+            # Rows as wide as the longest sequence; sdpa's padding-free layout puts several sequences to a row.
+            assert positions == rows * width and width == max(lengths)
+            assert rows <= len(lengths) if padding_free else rows == len(lengths)
     assert kinds_seen == {0, 1, 2}, "the run must mix RL, demonstration and dropped rows"
 
 

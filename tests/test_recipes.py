@@ -15,6 +15,13 @@ PAPER_MODELS = {
     "llama-3.1-8b": (2, 1.0, "llama"),
 }
 VARIANT_GAMMA = {"sft": 8, "grpo": -1, "sft_then_grpo_stage1_sft": 8, "sft_then_grpo_stage2_grpo": -1}
+# The toolkit's recipes for Qwen2.5-Math-7B: (gate_strategy, demonstration_loss, learning rate of the authors' script).
+TOOLKIT_RECIPES = {
+    "luffy": ("always", "off_policy", 1e-6),
+    "srft": ("always", "srft", 1e-6),
+    "hpt_soft": ("soft", "sft", 5e-6),
+    "hpt_adaptive": ("adaptive", "sft", 5e-6),
+}
 NUM_PAPER_GPUS = 8
 
 
@@ -36,6 +43,7 @@ def test_recipes_exist():
         for variant in ["hpt", *VARIANT_GAMMA]:
             assert f"{model}/{variant}.yaml" in names
     assert any(path.parent.name == "lora" for path in RECIPES)
+    assert {f"qwen2.5-math-7b/{name}.yaml" for name in TOOLKIT_RECIPES} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
@@ -66,7 +74,9 @@ def test_recipe_parses_and_validates(path):
 
     gamma, sft_loss_coef, template = PAPER_MODELS[path.parent.name]
     assert args.gamma == VARIANT_GAMMA.get(path.stem, gamma)
-    assert args.sft_loss_coef == sft_loss_coef and args.learning_rate == 5e-6
+    strategy, demonstration_loss, learning_rate = TOOLKIT_RECIPES.get(path.stem, ("switch", "sft", 5e-6))
+    assert (args.gate_strategy, args.demonstration_loss) == (strategy, demonstration_loss)
+    assert args.sft_loss_coef == sft_loss_coef and args.learning_rate == learning_rate
     assert script_args.prompt_template == template
     assert script_args.keep_system_prompt == (template == "chat")
     assert script_args.dataset_name == "Elliott/Openr1-Math-46k-8192"
@@ -129,10 +139,14 @@ def test_accelerate_config(name, distributed_type, num_processes, zero_stage, of
 
 @pytest.mark.parametrize("path", TOY_RECIPES, ids=lambda p: p.name)
 def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
+    from hpt_trl.data import TOOLKIT_VARIANTS
     from hpt_trl.demo import BUILTIN_DATASET, BUILTIN_MODEL
 
     script_args, args, model_args = _parse(path)
-    assert script_args.method == path.stem.removeprefix("toy_")
+    name = path.stem.removeprefix("toy_")
+    assert script_args.method == ("hpt" if name in TOOLKIT_VARIANTS else name)
+    for key, value in TOOLKIT_VARIANTS.get(name, {}).items():
+        assert getattr(args, key) == value
     assert script_args.dataset_name == BUILTIN_DATASET and model_args.model_name_or_path == BUILTIN_MODEL
     assert args.use_cpu and not args.bf16 and not args.use_vllm
     reference = _parse(TOY_RECIPES[0])[1]
@@ -142,6 +156,6 @@ def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
 
 
 def test_every_demo_method_has_a_toy_recipe():
-    from hpt_trl.data import METHODS
+    from hpt_trl.data import METHODS, TOOLKIT_VARIANTS
 
-    assert sorted(p.stem.removeprefix("toy_") for p in TOY_RECIPES) == sorted(METHODS)
+    assert sorted(p.stem.removeprefix("toy_") for p in TOY_RECIPES) == sorted([*METHODS, *TOOLKIT_VARIANTS])
