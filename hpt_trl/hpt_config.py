@@ -300,6 +300,11 @@ class HPTConfig(GRPOConfig):
         return reasons
 
     @property
+    def uses_demonstrations(self) -> bool:
+        """Whether any prompt can get a demonstration: every setting but the switch with gamma = -1 (GRPO)."""
+        return not (self.gate_strategy == "switch" and self.gamma == -1)
+
+    @property
     def upge_parts(self) -> dict[str, str]:
         """The four parts of the unified policy gradient estimator this configuration trains with, by row kind."""
         reuses_rollouts = self.num_iterations > 1 or self.steps_per_generation != self.gradient_accumulation_steps
@@ -324,9 +329,8 @@ class HPTConfig(GRPOConfig):
                 "advantage": "1 (SFT) and the group advantage (off-policy)",
             },
         }[self.demonstration_loss]
-        uses_demonstrations = not (self.gate_strategy == "switch" and self.gamma == -1)
         parts = {f"rollouts/{key}": value for key, value in rollouts.items()}
-        if uses_demonstrations:
+        if self.uses_demonstrations:
             parts.update({f"demonstrations/{key}": value for key, value in demonstration.items()})
             parts["demonstrations/likelihood_gradient"] = "grad pi_theta"
             parts["gate"] = self.gate_strategy

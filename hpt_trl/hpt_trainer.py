@@ -91,14 +91,13 @@ class HPTTrainer(GRPOTrainer):
                 "`pip install 'hpt-trl[vllm]'` (TRL's supported vLLM range), or set use_vllm=False to generate with "
                 "transformers."
             )
-        uses_demonstrations = not (args.gate_strategy == "switch" and args.gamma == -1)
-        if uses_demonstrations and train_dataset is not None:
+        if args.uses_demonstrations and train_dataset is not None:
             validate_demonstration_column(train_dataset, args.demonstration_column)
 
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
 
         self.gamma = args.gamma
-        self.uses_demonstrations = uses_demonstrations
+        self.uses_demonstrations = args.uses_demonstrations
         self.gate_reward_index = self._resolve_gate_reward(args.gate_reward)
         self.adaptive_gamma = None
         if args.gate_strategy == "adaptive":
@@ -407,12 +406,13 @@ class HPTTrainer(GRPOTrainer):
                 placeholder = demo_rows.numel() == 0
                 rows = torch.zeros(1, dtype=torch.long, device=device) if placeholder else demo_rows
                 logps = self._demonstration_logps(model, select_rows(inputs, rows, rl_rows.numel()))
-                logps, entropies = ([lp[:0] for lp in logps] if placeholder else logps), None
-            sft_loss, nll_sum, num_tokens, off_policy_loss = self._demonstration_terms(
-                inputs, demo_rows, logps, entropies
-            )
+                entropies = None
+                if placeholder:  # its one row has no demonstration token: keep the forward in the graph, score none
+                    loss = loss + sum(lp.sum() for lp in logps) * 0
+                    logps = []
+            nll_sum, num_tokens, off_policy_loss = self._demonstration_terms(inputs, demo_rows, logps, entropies)
             if self.args.demonstration_loss in ("sft", "srft"):
-                loss = loss + self.args.sft_loss_coef * sft_loss / accumulation
+                loss = loss + self.args.sft_loss_coef * (nll_sum / num_tokens.clamp(min=1)) / accumulation
                 sums["hpt/sft_loss"] = [nll_sum.detach(), num_tokens.detach().float()]
             if off_policy_loss is not None:
                 loss = loss + self.args.rl_loss_coef * off_policy_loss / accumulation
@@ -432,22 +432,16 @@ class HPTTrainer(GRPOTrainer):
         return loss
 
     def _demonstration_terms(self, inputs, demo_rows, logps, entropies):
-        """The SFT term (a token mean), its NLL sum and token count, and the off-policy term (or None)."""
-        weights = inputs["demonstration_weight"][demo_rows] if len(logps) == demo_rows.numel() else None
-        if weights is None:  # the placeholder row
-            weights = torch.zeros(len(logps), device=inputs["demonstration_weight"].device)
+        """The weighted NLL sum of the demonstrations and their token count, and the off-policy term (or None)."""
+        weights = inputs["demonstration_weight"][demo_rows]
         mode = self.args.demonstration_loss
-        sft_weights = weights
-        if mode == "srft":
-            sft_weights = weights * srft_sft_weights(entropies) if logps else weights
+        sft_weights = weights * srft_sft_weights(entropies) if mode == "srft" and logps else weights
         nll_sum, num_tokens = weighted_nll(logps, sft_weights)
-        sft_loss = nll_sum / num_tokens.clamp(min=1) if mode in ("sft", "srft") else nll_sum * 0
         off_policy_loss = None
         if mode in ("off_policy", "srft"):
-            advantages = inputs["demonstration_advantage"][demo_rows] if logps and weights.any() else weights
-            token_losses = off_policy_token_losses(logps, advantages[: len(logps)])
+            token_losses = off_policy_token_losses(logps, inputs["demonstration_advantage"][demo_rows])
             off_policy_loss = self._sum_like_rl_term(token_losses, weights, nll_sum)
-        return sft_loss, nll_sum, num_tokens, off_policy_loss
+        return nll_sum, num_tokens, off_policy_loss
 
     def _sum_like_rl_term(self, token_losses: list[torch.Tensor], weights: torch.Tensor, anchor) -> torch.Tensor:
         """Aggregate per-row token losses as TRL aggregates the RL term: dr_grpo sums, grpo averages per row."""
@@ -530,7 +524,7 @@ class HPTTrainer(GRPOTrainer):
         logps, entropies, aux_losses = [], [], []
         for start in starts:
             chunk_sequences = sequences[start : start + chunk] + (extra if start == starts[-1] else [])
-            chunk_logps, chunk_entropies, aux_loss = self._forward_sequences(
+            chunk_logps, chunk_entropies, aux_loss, anchor = self._forward_sequences(
                 model, chunk_sequences, input_ids, compute_entropy, compute_aux_loss
             )
             logps += chunk_logps
@@ -539,7 +533,6 @@ class HPTTrainer(GRPOTrainer):
         if request is not None:
             request.extra_logps = logps[len(rows) :]
             request.extra_entropies = entropies[len(rows) :]
-        anchor = logps[-1].sum() * 0  # keeps the output connected to the forward even when no row was kept
         out_logps = to_rectangle(logps[: len(rows)], rows, num_rows, logits_to_keep, like=anchor)
         out_entropies = None
         if compute_entropy:
@@ -550,7 +543,10 @@ class HPTTrainer(GRPOTrainer):
         return out_logps, out_entropies, aux
 
     def _forward_sequences(self, model, sequences, input_ids, compute_entropy, compute_aux_loss):
-        """Log-probs (and entropies) of the scored tokens of each sequence, from one forward."""
+        """
+        Log-probs (and entropies) of the scored tokens of each sequence, from one forward, and a 0-dim zero of that
+        forward's graph that keeps the caller's output connected to it even when no sequence was scored.
+        """
         placeholder = not sequences
         if placeholder:
             # Every process must forward (DDP, ZeRO-3): two tokens, nothing scored but the placeholder itself.
@@ -567,9 +563,10 @@ class HPTTrainer(GRPOTrainer):
             outputs = model(**model_inputs, fused_lm_head=True)
         logps = split_scored(outputs.log_probs, plan)
         entropies = split_scored(outputs.entropy, plan) if compute_entropy else []
+        anchor = outputs.log_probs.sum() * 0
         if placeholder:
-            logps, entropies = [logps[0][:0]], [entropies[0][:0]] if compute_entropy else []
-        return logps, entropies, outputs.aux_loss if compute_aux_loss else None
+            logps, entropies = [], []
+        return logps, entropies, outputs.aux_loss if compute_aux_loss else None, anchor
 
     def _demonstration_logps(self, model, batch: dict) -> list[torch.Tensor]:
         """Per row of `batch`, the log-probs (at temperature 1) of its demonstration tokens."""
@@ -584,8 +581,7 @@ class HPTTrainer(GRPOTrainer):
         input_ids = torch.cat([prompt_ids, demo_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, demo_mask], dim=1)
         logps = self._logps_at_unit_temperature(model, input_ids, attention_mask, demo_width)
-        # A placeholder row (mask 0) keeps its first log-prob, so the caller can cut it to an empty, connected slice.
-        return [lp[: max(int(m.sum()), 1)] for lp, m in zip(logps, demo_mask)]
+        return [lp[: int(m.sum())] for lp, m in zip(logps, demo_mask)]
 
     def _logps_at_unit_temperature(self, model, input_ids, attention_mask, logits_to_keep):
         if self.temperature == 1.0:
