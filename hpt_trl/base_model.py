@@ -63,7 +63,34 @@ def base_model_settings(
     num_validation: int = 128,
     model_kwargs: dict | None = None,
 ) -> dict:
-    """The settings that determine the base model's weights, with defaults filled in (see [`get_base_model`])."""
+    """
+    The settings that determine the base model's weights, with defaults filled in: the keyword arguments of
+    [`get_base_model`] and [`base_model_path`], and the cache key.
+
+    Args:
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the initial weights and of the training problems.
+        difficulty (`int`, *optional*, defaults to `1`):
+            Difficulty of the pretraining problems (number of operations).
+        max_operand (`int`, *optional*, defaults to `99`):
+            Largest operand of the pretraining problems.
+        num_steps (`int`, *optional*, defaults to `1200`):
+            Maximum number of optimizer steps, and the length of the cosine schedule.
+        batch_size (`int`, *optional*, defaults to `64`):
+            Problems per step.
+        learning_rate (`float`, *optional*, defaults to `3e-3`):
+            Peak learning rate.
+        warmup_steps (`int`, *optional*, defaults to `30`):
+            Linear warmup steps.
+        target_accuracy (`float` or `None`, *optional*, defaults to `0.4`):
+            Stop once greedy validation accuracy reaches this. `None` trains for all `num_steps`.
+        eval_every (`int`, *optional*, defaults to `25`):
+            Steps between validation checks.
+        num_validation (`int`, *optional*, defaults to `128`):
+            Validation problems (training split, never trained on in this run).
+        model_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.tiny_model.build_tiny_qwen2`].
+    """
     return {
         "cache_version": _CACHE_VERSION,
         "seed": seed,
@@ -187,21 +214,7 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     }
 
 
-def get_base_model(
-    cache_dir: str | Path,
-    seed: int = 0,
-    difficulty: int = EASY_DIFFICULTY,
-    max_operand: int = DEFAULT_MAX_OPERAND,
-    num_steps: int = 1200,
-    batch_size: int = 64,
-    learning_rate: float = 3e-3,
-    warmup_steps: int = 30,
-    target_accuracy: float | None = 0.4,
-    eval_every: int = 25,
-    num_validation: int = 128,
-    model_kwargs: dict | None = None,
-    show_progress: bool = True,
-) -> Path:
+def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **settings) -> Path:
     """
     Return the folder of the base model for these settings, pretraining it first unless it is already cached.
 
@@ -220,28 +233,9 @@ def get_base_model(
     Args:
         cache_dir (`str` or `Path`):
             Folder holding cached base models, one sub-folder `base-<hash of the settings>` each.
-        seed (`int`, *optional*, defaults to `0`):
-            Seed of the initial weights and of the training problems.
-        difficulty (`int`, *optional*, defaults to `1`):
-            Difficulty of the pretraining problems (number of operations).
-        max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand of the pretraining problems.
-        num_steps (`int`, *optional*, defaults to `1200`):
-            Maximum number of optimizer steps, and the length of the cosine schedule.
-        batch_size (`int`, *optional*, defaults to `64`):
-            Problems per step.
-        learning_rate (`float`, *optional*, defaults to `3e-3`):
-            Peak learning rate.
-        warmup_steps (`int`, *optional*, defaults to `30`):
-            Linear warmup steps.
-        target_accuracy (`float` or `None`, *optional*, defaults to `0.4`):
-            Stop once greedy validation accuracy reaches this. `None` trains for all `num_steps`.
-        eval_every (`int`, *optional*, defaults to `25`):
-            Steps between validation checks.
-        num_validation (`int`, *optional*, defaults to `128`):
-            Validation problems (training split, never trained on in this run).
-        model_kwargs (`dict` or `None`, *optional*, defaults to `None`):
-            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.tiny_model.build_tiny_qwen2`].
+        **settings:
+            The keyword arguments of [`base_model_settings`], which documents them; a setting left out takes its
+            default there.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar while pretraining. Not part of the cache key.
 
@@ -250,19 +244,7 @@ def get_base_model(
         usable as a trainer's model id. Its `base_model_settings.json` holds the settings, the pretraining time, the
         number of steps run and the last validation accuracy.
     """
-    settings = base_model_settings(
-        seed=seed,
-        difficulty=difficulty,
-        max_operand=max_operand,
-        num_steps=num_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        target_accuracy=target_accuracy,
-        eval_every=eval_every,
-        num_validation=num_validation,
-        model_kwargs=model_kwargs,
-    )
+    settings = base_model_settings(**settings)
     path = _cache_path(cache_dir, settings)
     if (path / _SETTINGS_FILE).is_file():
         logger.info("Loading cached base model from %s", path)
