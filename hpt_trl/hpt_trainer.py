@@ -27,6 +27,13 @@ from .sampler import EpochSeededRepeatSampler
 logger = get_logger(__name__)
 
 
+def _loss_mask(batch: dict) -> torch.Tensor:
+    """The tokens TRL's loss counts: the completion mask, without tool-output tokens when there are any."""
+    if "tool_mask" in batch:
+        return batch["completion_mask"] * batch["tool_mask"]
+    return batch["completion_mask"]
+
+
 @dataclass
 class _ForwardRequest:
     """What the next training forward must cover: rows of TRL's batch, and extra sequences (demonstrations)."""
@@ -344,11 +351,8 @@ class HPTTrainer(GRPOTrainer):
             output["importance_sampling_ratio"] = output["importance_sampling_ratio"].masked_fill(
                 left_rl.unsqueeze(1), 1.0
             )
-        loss_mask = output["completion_mask"]
-        if "tool_mask" in output:
-            loss_mask = loss_mask * output["tool_mask"]
         # dapo/cispo/vespo normalise by the loss tokens of the whole generation batch: count the RL rows' only.
-        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        output["num_items_in_batch"] = self.accelerator.gather(_loss_mask(output).sum()).sum()
 
     def _compute_loss(self, model, inputs):
         if not self.model.training or self._is_vlm:  # evaluation, and VLMs (GRPO only): TRL's loss as is
@@ -356,11 +360,8 @@ class HPTTrainer(GRPOTrainer):
 
         has_gate = "hpt_row_kind" in inputs
         srft = has_gate and self.args.demonstration_loss == "srft"
-        loss_mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            loss_mask = loss_mask * inputs["tool_mask"]
         # Rows without loss tokens (the rollouts of gated prompts, masked truncations) are not forwarded at all.
-        rl_rows = loss_mask.sum(dim=1) > 0
+        rl_rows = _loss_mask(inputs).sum(dim=1) > 0
         if srft:
             # SRFT weighs rollouts by their entropy in place of the advantage: TRL's term is zeroed, ours is added.
             inputs = {**inputs, "advantages": torch.zeros_like(inputs["advantages"])}
@@ -456,10 +457,9 @@ class HPTTrainer(GRPOTrainer):
 
     def _srft_rollout_loss(self, inputs, request, rl_rows) -> torch.Tensor:
         """SRFT's on-policy term: `-w * log p` per token, w = 0.1 exp(H) (correct rollout) or -1 (wrong)."""
-        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         rows = rl_rows.nonzero().squeeze(1)
         logps, entropies = request.row_logps[rows], request.row_entropies[rows]
-        row_mask = mask[rows]
+        row_mask = _loss_mask(inputs)[rows]
         mean_entropy = (entropies.detach() * row_mask).sum(1) / row_mask.sum(1).clamp(min=1)
         weights = srft_rollout_weights(mean_entropy, inputs["hpt_correct"][rows]) * inputs["hpt_rl_weight"][rows]
         token_losses = [-(lp * m)[m.bool()] for lp, m in zip(logps, row_mask)]
@@ -580,17 +580,9 @@ class HPTTrainer(GRPOTrainer):
 
         input_ids = torch.cat([prompt_ids, demo_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, demo_mask], dim=1)
-        logps = self._logps_at_unit_temperature(model, input_ids, attention_mask, demo_width)
-        return [lp[: int(m.sum())] for lp, m in zip(logps, demo_mask)]
-
-    def _logps_at_unit_temperature(self, model, input_ids, attention_mask, logits_to_keep):
-        if self.temperature == 1.0:
-            # TRL's own (fused, chunked) path: the demonstration log-probs are exactly the policy's.
-            logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)
-            return logps
-        # TRL's fused head divides by the sampling temperature; SFT is the NLL of the model's own distribution.
+        # Only used at a sampling temperature other than 1, where TRL's fused head (which divides by it) cannot score
+        # the demonstrations: SFT is the NLL of the model's own distribution.
         with self.accelerator.autocast():
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1
-            ).logits
-        return selective_log_softmax(logits[:, :-1].float(), input_ids[:, -logits_to_keep:])
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=demo_width + 1).logits
+        logps = selective_log_softmax(logits[:, :-1].float(), input_ids[:, -demo_width:])
+        return [lp[: int(m.sum())] for lp, m in zip(logps, demo_mask)]
