@@ -777,9 +777,12 @@ def _verify_many(completions: list[str], ground_truths: list, timeout_seconds: f
     if tasks:
         # Pairs already settled by an earlier gold of the same row need no helper time.
         keep = [i for i, owner in enumerate(owners) if not verdicts[owner]]
-        results = _run_math_verify([tasks[i] for i in keep], timeout_seconds)
+        # Rows often repeat a pair (a group's rollouts agree, greedy samples are copies): check each pair once.
+        distinct = list(dict.fromkeys(tasks[i] for i in keep))
+        result_of = dict(zip(distinct, _run_math_verify(distinct, timeout_seconds), strict=True))
         timed_out_rows = set()
-        for i, (equal, timed_out) in zip(keep, results):
+        for i in keep:
+            equal, timed_out = result_of[tasks[i]]
             if timed_out:
                 timed_out_rows.add(owners[i])
                 continue

@@ -245,6 +245,28 @@ def test_helper_stuck_past_its_own_deadline_is_killed(monkeypatch):
     assert verify_answer("\\boxed{\\frac{6}{12}}", "0.5")
 
 
+def test_repeated_pairs_are_checked_once_and_counted_per_row(monkeypatch):
+    sent = []
+    real = rewards._run_math_verify
+
+    def recording(tasks, timeout_seconds):
+        sent.append(list(tasks))
+        return real(tasks, timeout_seconds)
+
+    monkeypatch.setattr(rewards, "_run_math_verify", recording)
+    monkeypatch.setattr(rewards, "_CACHE", type(rewards._CACHE)())  # an empty cache: every pair needs math-verify
+    completions = ["\\boxed{\\frac{1}{2}+x}"] * 6 + ["\\boxed{\\frac{1}{3}+x}"] * 2
+    assert accuracy_reward(completions, ["x+0.5"] * 8) == [1.0] * 6 + [0.0] * 2
+    assert len(sent) == 1 and len(sent[0]) == 2 and len(set(sent[0])) == 2
+
+    # A timed-out pair counts once per row that asked for it, as if each row had been checked on its own.
+    rewards._warm_up_pool(1)
+    before = rewards.timeout_count()
+    assert accuracy_reward([SLOW_COMPLETION] * 3, ["1"] * 3, timeout_seconds=1.0) == [0.0] * 3
+    assert len(sent[-1]) == 1
+    assert rewards.timeout_count() == before + 3
+
+
 def test_worker_thread_with_slow_expression_is_bounded():
     rewards._warm_up_pool()
     calls = []
