@@ -37,6 +37,8 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .rng import private_rng
+
 
 EASY_DIFFICULTY = 1
 HARD_DIFFICULTY = 2
@@ -328,8 +330,7 @@ def generate_completions(
     model.eval()
     completions = []
     try:
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed)
+        with private_rng(seed), torch.inference_mode():
             # Batches hold `batch_size` sequences, not prompts, so memory does not grow with `num_samples`.
             prompts_per_batch = max(1, batch_size // num_samples)
             for start in range(0, len(texts), prompts_per_batch):

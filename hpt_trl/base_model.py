@@ -30,6 +30,7 @@ from .arithmetic_task import (
     generate_problems,
     problems_to_dataset,
 )
+from .rng import private_rng
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -180,8 +181,7 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     model.train()
     losses, validation_accuracy, steps_done = [], None, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings["seed"])
+    with private_rng(settings["seed"]):
         progress = tqdm(range(num_steps), desc="Pretraining base model", disable=not show_progress)
         for step in progress:
             batch = _collate(examples[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)

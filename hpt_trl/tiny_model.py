@@ -6,9 +6,10 @@ laptop can reach the Hub. Everything here is deterministic for a seed, so two ru
 
 from pathlib import Path
 
-import torch
 from tokenizers import pre_tokenizers
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+from .rng import private_rng
 
 
 PAD_TOKEN = "<|endoftext|>"
@@ -64,8 +65,7 @@ def build_tiny_qwen2(
         bos_token_id=None,
     )
     # Seed a private generator so building a model does not move the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with private_rng(seed):
         model = Qwen2ForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -298,6 +298,8 @@ class TransformersBackend:
     ) -> list[list[Generation]]:
         import torch
 
+        from ..rng import private_rng
+
         device = self.model.device
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
@@ -310,10 +312,8 @@ class TransformersBackend:
         kwargs = transformers_generate_kwargs(sampling)
         was_training = self.model.training
         self.model.eval()
-        rng_devices = [device] if device.type == "cuda" else []
         # A private RNG stream, so evaluating inside a training run does not move the trainer's random state.
-        with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
-            torch.manual_seed(seeds[0] if seeds else sampling.seed)
+        with private_rng(seeds[0] if seeds else sampling.seed), torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
