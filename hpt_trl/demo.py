@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, evaluate_accuracy, make_arithmetic_datasets
 from .base_model import get_base_model
+from .evaluation.callback import log_at_step
 
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,7 @@ class HeldOutAccuracyCallback(TrainerCallback):
         self.last_step = state.global_step
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         metrics = heldout_accuracy(model, self.trainer.processing_class, self.eval_dataset)
-        # Not `trainer.log`: GRPOTrainer's log drains its metric buffers, which belong to the step's own log entry.
-        state.log_history.append({**metrics, "step": state.global_step})
-        self.trainer.callback_handler.on_log(args, state, control, logs=metrics)
+        log_at_step(self.trainer, args, state, control, metrics)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:

@@ -816,3 +816,37 @@ def test_benchmark_callback_logs_avg_at_n(tiny_model):
     assert model.training  # the callback restores train mode
     with pytest.raises(ValueError, match="would never run"):
         BenchmarkCallback("gpqa", data_dir=FIXTURES)
+
+
+def test_benchmark_callback_with_a_trainer_leaves_the_steps_training_metrics_alone(tiny_model):
+    """With a trainer, the scores reach its reporters through on_log, not GRPOTrainer.log (which drains its buffers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
+
+    from hpt_trl.evaluation import BenchmarkCallback
+
+    class Trainer:
+        def __init__(self):
+            self.reported = []
+            self.callback_handler = self
+            self._metrics = {"train": {"reward": [0.5]}}
+
+        def on_log(self, args, state, control, logs=None):
+            self.reported.append((state.global_step, logs))
+
+        def log(self, logs):
+            raise AssertionError("trainer.log would take the step's buffered training metrics")
+
+    trainer = Trainer()
+    callback = BenchmarkCallback(
+        "gpqa", eval_steps=1, trainer=trainer, data_dir=FIXTURES, n=2, max_new_tokens=4, limit=2
+    )
+    state = TrainerState()
+    state.global_step = 3
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    callback.on_step_end(
+        None, state, TrainerControl(), model=model, processing_class=AutoTokenizer.from_pretrained(tiny_model)
+    )
+    assert trainer._metrics == {"train": {"reward": [0.5]}}
+    assert [step for step, _ in trainer.reported] == [3]
+    assert "benchmark/GPQA-diamond/avg@2" in trainer.reported[0][1]
+    assert state.log_history == [{**trainer.reported[0][1], "step": 3}]

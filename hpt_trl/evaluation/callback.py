@@ -11,6 +11,19 @@ from .metrics import summarize_records
 from .prompts import render_prompt
 
 
+def log_at_step(trainer, args, state, control, metrics: dict) -> None:
+    """
+    Log metrics measured by a callback at the current step: into `state.log_history` and, with a trainer, to its
+    `on_log` callbacks (the reporters).
+
+    Not `trainer.log`: GRPOTrainer's `log` drains its buffered training metrics (rewards, lengths, `hpt/*`) into
+    whatever it logs, which would move them out of the step's own log entry and into this one.
+    """
+    state.log_history.append({**metrics, "step": state.global_step})
+    if trainer is not None:
+        trainer.callback_handler.on_log(args, state, control, logs=metrics)
+
+
 class BenchmarkCallback(TrainerCallback):
     """
     Every `eval_steps` optimizer steps (and/or at each evaluation), sample `n` responses for a few benchmark problems
@@ -27,8 +40,8 @@ class BenchmarkCallback(TrainerCallback):
         run_on_evaluate (`bool`, *optional*, defaults to `False`):
             Also run whenever the trainer evaluates.
         trainer (`transformers.Trainer`, *optional*):
-            When given, metrics go through `trainer.log` (and so to every reporter, e.g. wandb); otherwise they are
-            appended to `state.log_history`.
+            When given, metrics also go to the trainer's `on_log` callbacks (and so to every reporter, e.g. wandb);
+            they are appended to `state.log_history` either way.
         limit (`int`, *optional*, defaults to `16`):
             Problems to evaluate (the first ones of the benchmark).
         n (`int`, *optional*, defaults to `4`):
@@ -141,7 +154,7 @@ class BenchmarkCallback(TrainerCallback):
             f"{key}/truncated_rate": summary["truncated_rate"],
         }
 
-    def _run(self, state, model, processing_class):
+    def _run(self, args, state, control, model, processing_class):
         if not state.is_world_process_zero or self._last_step == state.global_step:
             return
         if model is None or processing_class is None:
@@ -150,15 +163,12 @@ class BenchmarkCallback(TrainerCallback):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         metrics = self.score(model, tokenizer)
         self._last_step = state.global_step
-        if self.trainer is not None:
-            self.trainer.log(metrics)
-        else:
-            state.log_history.append({**metrics, "step": state.global_step})
+        log_at_step(self.trainer, args, state, control, metrics)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.eval_steps is not None and state.global_step % self.eval_steps == 0:
-            self._run(state, model, processing_class)
+            self._run(args, state, control, model, processing_class)
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.run_on_evaluate:
-            self._run(state, model, processing_class)
+            self._run(args, state, control, model, processing_class)
