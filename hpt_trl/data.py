@@ -185,6 +185,11 @@ class HPTScriptArguments(ScriptArguments):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+        if self.dataset_streaming:
+            raise ValueError(
+                "dataset_streaming=True is not supported: HPT maps and filters the whole dataset before training. "
+                "Set dataset_streaming to false (filter a large dataset to a local file first if it does not fit)."
+            )
         get_reward_funcs(self.reward_funcs)  # fail at parse time, not after the model has loaded
 
     def loader_kwargs(self) -> dict[str, Any]:

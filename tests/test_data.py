@@ -164,6 +164,8 @@ def test_reward_registry_and_script_arguments():
     assert args.loader_kwargs()["solution_column"] == "reward_model.ground_truth"
     with pytest.raises(ValueError, match="prompt_template"):
         HPTScriptArguments(prompt_template="alpaca")
+    with pytest.raises(ValueError, match="dataset_streaming=True is not supported"):
+        HPTScriptArguments(dataset_streaming=True)
 
 
 def test_loaded_dataset_trains_with_hpt_trainer(authors_parquet, tmp_path):

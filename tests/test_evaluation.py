@@ -225,6 +225,15 @@ def test_local_files_in_other_formats_and_explicit_paths(tmp_path):
     assert len(load_benchmark("minerva", data_dir=tmp_path / "layout")) == 1
 
 
+def test_eval_config_expands_a_home_relative_model_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").mkdir()
+    config = EvalConfig(model="~/ckpt", benchmarks=["amc23"], data_dir=str(FIXTURES), backend="transformers")
+    assert config.model == str(tmp_path / "ckpt")  # transformers would read "~/ckpt" as a Hub id
+    with pytest.raises(EvaluationError, match="does not exist"):
+        EvalConfig(model="~/missing", benchmarks=["amc23"], backend="transformers")
+
+
 def test_loader_errors_name_the_problem(tmp_path):
     with pytest.raises(BenchmarkError, match="Unknown benchmark 'aime26'.*aime24, aime25.*arc_c"):
         load_benchmark("aime26", data_dir=FIXTURES)

@@ -135,8 +135,10 @@ class EvalConfig:
         self.model = str(self.model)
         # A Hub id is `name` or `org/name`; anything else that does not exist is a mistyped local path.
         looks_local = self.model.startswith((".", "/", "~")) or "\\" in self.model or self.model.count("/") > 1
-        if looks_local and not Path(self.model).expanduser().exists():
-            raise EvaluationError(f"--model {self.model!r} does not exist; pass a checkpoint folder or a Hub id.")
+        if looks_local:
+            if not Path(self.model).expanduser().exists():
+                raise EvaluationError(f"--model {self.model!r} does not exist; pass a checkpoint folder or a Hub id.")
+            self.model = str(Path(self.model).expanduser())  # transformers does not expand `~`
         if isinstance(self.benchmarks, str):
             self.benchmarks = [self.benchmarks]
         self.benchmarks = list(self.benchmarks)
