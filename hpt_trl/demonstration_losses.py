@@ -4,7 +4,7 @@ The terms a demonstration can enter the loss with, in the unified estimator's te
 Each takes the per-token log-probabilities (temperature 1, with gradient) of the demonstration tokens of a micro-batch,
 one 1-D tensor per demonstration row, and a per-row weight (the gate's demonstration coefficient).
 
-- SFT: reference-policy denominator pi_theta, advantage 1: the token-mean negative log-likelihood.
+- SFT: reference-policy denominator pi_theta, advantage 1: each demonstration's token-mean negative log-likelihood.
 - Off-policy (LUFFY): denominator 1 with the shaping f(p) = p / (p + 0.1), the group's advantage, no clipping.
 - SRFT: SFT weighted by 0.5 * exp(-H) with H the row's mean token entropy (detached), as the authors' SRFT code.
 """
@@ -17,12 +17,15 @@ SRFT_SFT_SCALE = 0.5  # SRFT: sft weight 0.5 * exp(-H)
 SRFT_RL_SCALE = 0.1  # SRFT: weight 0.1 * exp(H) on a correct rollout; a wrong one gets -1
 
 
-def weighted_nll(logps: list[torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(sum_i w_i * sum_t -log p_it, number of tokens)`: divide the first by the second for the token mean."""
+def weighted_mean_nll(logps: list[torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `(sum_i w_i * mean_t -log p_it, number of demonstrations)`: each demonstration weighs its own token-mean NLL, as
+    in the authors' actor, whose dynamic micro-batches hold one demonstration in the common case.
+    """
     if not logps:
         return weights.new_zeros(()), weights.new_zeros(())
-    nll = torch.stack([-lp.sum() for lp in logps])
-    return (weights * nll).sum(), weights.new_tensor(float(sum(len(lp) for lp in logps)))
+    nll = torch.stack([-lp.mean() if len(lp) else lp.sum() for lp in logps])
+    return (weights * nll).sum(), weights.new_tensor(float(len(logps)))
 
 
 def off_policy_token_losses(logps: list[torch.Tensor], advantages: torch.Tensor) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ from .gating import SOFT_TABLE_DEMONSTRATION, SOFT_TABLE_RL
 
 GATE_STRATEGIES = ("switch", "soft", "adaptive", "always")
 DEMONSTRATION_LOSSES = ("sft", "off_policy", "srft")
+ENTROPY_COVERAGES = ("rollouts", "rollouts_and_demonstrations")
 
 
 @dataclass
@@ -40,17 +41,12 @@ class HPTConfig(GRPOConfig):
         > Parameters that control the loss
 
         sft_loss_coef (`float`, *optional*, defaults to `1.0`):
-            Weight of the SFT term: the token-mean negative log-likelihood of the demonstration tokens in each
-            micro-batch. The paper uses `1.0` for Qwen2.5-Math-7B and Llama-3.1-8B and `0.3` for Qwen2.5-Math-1.5B.
+            Weight of the SFT term (see "The loss of an update" below). The paper uses `1.0` for Qwen2.5-Math-7B and
+            Llama-3.1-8B and `0.3` for Qwen2.5-Math-1.5B.
         rl_loss_coef (`float`, *optional*, defaults to `1.0`):
-            Weight of the RL term: TRL's loss for `loss_type` on the micro-batch, in which only the rollouts of
-            prompts that were not gated carry loss tokens. Token-normalised types (`"dapo"`, `"bnpo"`, `"cispo"`,
-            `"vespo"`) average over those tokens; per-row ones (`"dr_grpo"`, `"grpo"`, `"luspo"`, `"sapo"`) keep
-            TRL's constant denominator (rows per micro-batch times, for `"dr_grpo"`, `max_completion_length`).
-            The authors' actor divides the token sum of the RL rows by the maximum length only, not by the number of
-            rows, while the SFT term is a token mean in both. So with `"dr_grpo"`, `rl_loss_coef` equal to
-            `per_device_train_batch_size` gives the authors' weighting of the RL term against the SFT term; `1.0`
-            gives TRL's, in which RL weighs that many times less.
+            A plain multiplier of the RL term (TRL's loss for `loss_type` over the rollouts of prompts that were not
+            gated) and of the off-policy demonstration term; `1.0` is the authors' weighting, no recipe changes it.
+            With `gamma=-1` it multiplies TRL's whole loss.
         demonstration_column (`str`, *optional*, defaults to `"demonstration"`):
             Dataset column holding each prompt's expert solution. A string, or (conversational datasets) a list holding
             one assistant message, as the `target` column of the authors' dataset `Elliott/Openr1-Math-46k-8192`.
@@ -104,6 +100,18 @@ class HPTConfig(GRPOConfig):
             and a `loss_type` other than `"bnpo"`, leaving them out does not change the gradient, so `None` turns it
             on exactly then. The `entropy` and `clip_ratio` metrics then describe the rows that were trained.
 
+        > Parameters of the authors' recipes
+
+        entropy_coverage (`str`, *optional*, defaults to `"rollouts"`):
+            With demonstrations and an entropy bonus (`entropy_coef` or `use_adaptive_entropy`), the tokens the bonus
+            covers: `"rollouts"` (the RL rows' loss tokens, as TRL) or `"rollouts_and_demonstrations"` (the authors':
+            their bonus is the entropy of every row of a micro-batch). Its weight is in the loss formula below.
+        grad_norm_skip_threshold (`float` or `None`, *optional*, defaults to `None`):
+            Skip the optimizer update (no parameter, moment or step-count change) when the gradient norm before
+            clipping exceeds this value or is not finite, as the authors' Qwen scripts (`MAX_GRAD_NORM=80`, on their
+            loss scale; see the loss formula). Logged as `hpt/skipped_update`. Not with DeepSpeed, which steps inside
+            its backward.
+
         > Defaults changed from [`~trl.GRPOConfig`] so that the RL term is the authors'
 
         loss_type (`str`, *optional*, defaults to `"dr_grpo"`):
@@ -116,9 +124,30 @@ class HPTConfig(GRPOConfig):
         beta (`float`, *optional*, defaults to `0.0`):
             No KL term, as in the authors' runs (and TRL's default).
 
-    The authors also remove PPO's clipping. With TRL's defaults (`num_iterations=1` and `steps_per_generation` equal
-    to `gradient_accumulation_steps`) every update is on-policy, the ratio is exactly 1 and the clip never acts, so
-    `epsilon` is left at TRL's value; it only matters when you reuse rollouts across updates.
+    The loss of an update. With `N` the rollout rows of one optimizer update (`per_device_train_batch_size x
+    gradient_accumulation_steps x processes`, i.e. `num_generations` x its prompts) and `L = max_completion_length`,
+    the update minimises
+
+        (1 / N) * [ rl_loss_coef * sum_{rollouts i} a_i * sum_t l_it / L          (RL, TRL's `dr_grpo`)
+                  + sft_loss_coef * sum_{demonstrations d} w_d * mean_t(-log pi(y_dt))     (SFT)
+                  - entropy_coef * sum_{covered tokens} H_t / L ]                   (entropy bonus)
+
+    where `l_it` is TRL's per-token policy loss, `a_i` the gate's RL weight of the rollout's prompt and `w_d` its
+    demonstration weight (both 1 for the switch). Every term is a sum over rows of the update divided by the constant
+    `N`, so the same generation batch split into other micro-batches, accumulation steps or processes gives the same
+    update. One RL token weighs `|d| / (L * sft_loss_coef)` of one token of a demonstration of `|d|` tokens: the
+    authors' actor divides its RL token sum by the maximum response length (8192) and takes the token mean of the
+    demonstrations of a dynamic micro-batch, which holds one demonstration in the common case, which gives the same
+    ratio. Their loss is `N / 8` times this one (they average 8 ranks' sums; here the `N = 512` rows of an update are
+    averaged), which matters only for the thresholds `max_grad_norm` and `grad_norm_skip_threshold`: the recipes
+    divide the authors' values by 64. Other `loss_type`s replace the first line by TRL's loss for that type.
+    `"bnpo"` is a token mean per micro-batch in TRL, so its weight depends on the split; `"dapo"` is not. With
+    `gamma=-1` (no demonstrations) the trainer is [`~trl.GRPOTrainer`], entropy bonus included.
+
+    PPO's clipping, which the authors remove: with `steps_per_generation` equal to `gradient_accumulation_steps` and
+    `num_iterations=1` every update is on-policy, the ratio is exactly 1 and the clip never acts. The authors make two
+    updates per rollout batch (`steps_per_generation = 2 x gradient_accumulation_steps`), the second off-policy and
+    unclipped: `epsilon: 1.0` with `epsilon_high: .inf` removes the clip (`clamp(ratio, 0, inf) = ratio`).
     """
 
     gamma: int = field(
@@ -196,6 +225,22 @@ class HPTConfig(GRPOConfig):
         },
     )
 
+    entropy_coverage: str = field(
+        default="rollouts",
+        metadata={
+            "help": "Tokens the entropy bonus covers when demonstrations are used: 'rollouts' (TRL's) or "
+            "'rollouts_and_demonstrations' (the authors').",
+            "choices": list(ENTROPY_COVERAGES),
+        },
+    )
+    grad_norm_skip_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Skip the optimizer update when the gradient norm (before clipping) exceeds this value (the "
+            "authors' MAX_GRAD_NORM, on this loss's scale)."
+        },
+    )
+
     # Authors' RL term: Dr. GRPO aggregation and mean-centred advantages without std scaling.
     loss_type: str = field(
         default="dr_grpo",
@@ -270,6 +315,26 @@ class HPTConfig(GRPOConfig):
                 "demonstration_loss='srft' weighs rows by their entropy at temperature 1 (the authors' setting): "
                 f"set temperature=1.0 (got {self.temperature})."
             )
+
+        if self.entropy_coverage not in ENTROPY_COVERAGES:
+            raise ValueError(f"entropy_coverage must be one of {ENTROPY_COVERAGES}, got {self.entropy_coverage!r}.")
+        entropy_bonus = self.entropy_coef != 0.0 or self.use_adaptive_entropy
+        if entropy_bonus and self.uses_demonstrations:
+            if self.top_entropy_quantile < 1.0:
+                raise ValueError(
+                    f"top_entropy_quantile={self.top_entropy_quantile} with an entropy bonus and demonstrations: the "
+                    "quantile mask is taken per micro-batch, so the bonus would depend on how a batch is split. Set "
+                    "top_entropy_quantile=1.0 or entropy_coef=0."
+                )
+            if self.entropy_coverage == "rollouts_and_demonstrations" and self.temperature != 1.0:
+                raise ValueError(
+                    "entropy_coverage='rollouts_and_demonstrations' measures the demonstrations' entropy at "
+                    f"temperature 1, the rollouts' at the sampling temperature ({self.temperature}): set "
+                    "temperature=1.0 (the authors') or entropy_coverage='rollouts'."
+                )
+        threshold = self.grad_norm_skip_threshold
+        if threshold is not None and not threshold > 0:  # also rejects NaN
+            raise ValueError(f"grad_norm_skip_threshold must be > 0 or None (no skipping), got {threshold}.")
 
         if self.skip_zero_advantage_rows:
             reasons = self.zero_advantage_gradient_terms()

@@ -15,7 +15,7 @@ from .demonstration_losses import (
     off_policy_token_losses,
     srft_rollout_weights,
     srft_sft_weights,
-    weighted_nll,
+    weighted_mean_nll,
 )
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
 from .gating import AdaptiveGamma, assign_rows, count_correct_rollouts, gate_coefficients, select_rows
@@ -45,6 +45,7 @@ class _ForwardRequest:
     extra_entropies: list[torch.Tensor] = field(default_factory=list)
     row_logps: torch.Tensor | None = None
     row_entropies: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the forward, which TRL adds to its loss
 
 
 class HPTTrainer(GRPOTrainer):
@@ -129,6 +130,11 @@ class HPTTrainer(GRPOTrainer):
         self._layout = ("packed" if flash else "bins") if self.padding_free else "padded"
         skip = args.skip_zero_advantage_rows
         self.skip_zero_advantage_rows = not args.zero_advantage_gradient_terms() if skip is None else skip
+        # With demonstrations HPT adds the entropy bonus itself (normalised per update row, over `entropy_coverage`);
+        # TRL's is a token mean per micro-batch, whose weight would depend on how a batch is split.
+        self._hpt_entropy_bonus = self.uses_demonstrations and self._entropy_bonus_enabled
+        if self._hpt_entropy_bonus:
+            self._entropy_bonus_enabled = False
 
     # The metrics a reader of the model card wants first: what HPT did and how well the policy did at the end.
     _CARD_METRICS = (
@@ -383,21 +389,31 @@ class HPTTrainer(GRPOTrainer):
 
         # The RL term is TRL's loss on the whole micro-batch, where only RL rows carry loss tokens (the others were
         # neutralised at generation, and are zeros in the forward's output). Keeping every row keeps TRL's per-row
-        # metric gathers the same size on every process, and its per-row normalisers constant, as in the authors'
-        # code (token sum / max length).
+        # metric gathers the same size on every process, and its per-row normalisers constant.
         metrics = self._metrics["train"]
         logged_before = {key: len(values) for key, values in metrics.items()}
         rl_loss = super()._compute_loss(model, inputs)
         self._forward_request = None
         accumulation = self.current_gradient_accumulation_steps
+        # Every HPT term is a sum over rows divided by the rows of the optimizer update, as TRL's dr_grpo term:
+        # (rows of this micro-batch) x accumulation steps here, x processes through the gradient averaging.
+        update_rows = inputs["prompt_ids"].size(0) * accumulation
+        aux_term = 0.0
+        if self.aux_loss_enabled and request.aux_loss is not None:
+            aux_term = self.router_aux_loss_coef * request.aux_loss / accumulation  # TRL adds it to its loss
+        policy_loss = rl_loss - aux_term
         if srft:
-            rl_loss = rl_loss + self._srft_rollout_loss(inputs, request, rl_rows) / accumulation
-        loss = self.args.rl_loss_coef * rl_loss
+            policy_loss = policy_loss + self._srft_rollout_loss(inputs, request, rl_rows) / accumulation
+        loss = policy_loss if self.args.rl_loss_coef == 1.0 else self.args.rl_loss_coef * policy_loss
+        loss = loss + aux_term
 
         has_rl = bool(rl_rows.any())
         device = rl_loss.device
         # Sums and counts for the logged terms, reduced over processes; the keys are the same on every process.
-        sums = {"hpt/rl_loss": [rl_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=device)]}
+        sums = {
+            "hpt/rl_loss": [policy_loss.detach() * accumulation * has_rl, torch.tensor(float(has_rl), device=device)]
+        }
+        demonstration_entropies = []
         if has_demonstrations:
             if fused:
                 logps, entropies = request.extra_logps, request.extra_entropies
@@ -411,14 +427,20 @@ class HPTTrainer(GRPOTrainer):
                 if placeholder:  # its one row has no demonstration token: keep the forward in the graph, score none
                     loss = loss + sum(lp.sum() for lp in logps) * 0
                     logps = []
-            nll_sum, num_tokens, off_policy_loss = self._demonstration_terms(inputs, demo_rows, logps, entropies)
+            demonstration_entropies = entropies or []
+            nll_sum, num_demonstrations, off_policy_loss = self._demonstration_terms(
+                inputs, demo_rows, logps, entropies
+            )
             if self.args.demonstration_loss in ("sft", "srft"):
-                loss = loss + self.args.sft_loss_coef * (nll_sum / num_tokens.clamp(min=1)) / accumulation
-                sums["hpt/sft_loss"] = [nll_sum.detach(), num_tokens.detach().float()]
+                loss = loss + self.args.sft_loss_coef * nll_sum / update_rows
+                sums["hpt/sft_loss"] = [self._mean_nll_sum(logps, device), num_demonstrations.float()]
             if off_policy_loss is not None:
                 loss = loss + self.args.rl_loss_coef * off_policy_loss / accumulation
                 has_demo = torch.tensor(float(demo_rows.numel() > 0), device=device)
                 sums["hpt/off_policy_loss"] = [off_policy_loss.detach() * has_demo, has_demo]
+        if self._hpt_entropy_bonus:
+            loss = loss - self._entropy_bonus(inputs, request, rl_rows, demonstration_entropies, update_rows)
+            self._log_policy_loss(policy_loss.detach() * accumulation)
 
         totals = self.accelerator.reduce(torch.stack([v for pair in sums.values() for v in pair]), reduction="sum")
         totals = dict(zip(sums, totals.view(-1, 2), strict=True))
@@ -432,17 +454,61 @@ class HPTTrainer(GRPOTrainer):
                 metrics[key].append((total / count).item())
         return loss
 
+    def _entropy_bonus(self, inputs, request, rl_rows, demonstration_entropies, update_rows) -> torch.Tensor:
+        """
+        `entropy_coef * sum of the covered tokens' entropy / (update rows * max_completion_length)`: each covered token
+        weighs what one Dr. GRPO token weighs, whatever the micro-batch it lands in. Covered are the RL rows' loss
+        tokens, and with `entropy_coverage="rollouts_and_demonstrations"` the demonstration tokens too (the
+        authors'). TRL's adaptive controller (`use_adaptive_entropy`) runs on the same tokens, with TRL's rule.
+        """
+        mask = _loss_mask(inputs) * rl_rows.unsqueeze(1)
+        entropy_sum = (request.row_entropies * mask).sum()
+        num_tokens = mask.sum().float()
+        if self.args.entropy_coverage == "rollouts_and_demonstrations" and demonstration_entropies:
+            entropy_sum = entropy_sum + sum(e.sum() for e in demonstration_entropies)
+            num_tokens = num_tokens + sum(e.numel() for e in demonstration_entropies)
+        coef = self.entropy_coef
+        if self.use_adaptive_entropy:
+            # TRL's controller: the coefficient of the previous step applies to every micro-batch of this one.
+            coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            stats = torch.stack([entropy_sum.detach(), torch.as_tensor(num_tokens, device=entropy_sum.device)])
+            window = self._entropy_window_stats
+            self._entropy_window_stats = stats if window is None else window + stats
+            if self.accelerator.sync_gradients:
+                totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                self._last_world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+                delta = self.args.entropy_coef_delta
+                if self._last_world_entropy <= self.args.entropy_target:
+                    self.entropy_coef = min(self.entropy_coef + delta, self.args.entropy_coef_max)
+                else:
+                    self.entropy_coef = max(self.entropy_coef - delta, self.args.entropy_coef_min)
+                self._entropy_window_stats = None
+        if self.accelerator.sync_gradients:
+            self._metrics["train"]["entropy_coef"].append(self.entropy_coef)
+        return coef * entropy_sum / (update_rows * self.max_completion_length)
+
+    def _log_policy_loss(self, policy_loss: torch.Tensor) -> None:
+        # TRL logs its policy term beside the entropy bonus; HPT's bonus replaces TRL's, so it logs it here.
+        self._metrics["train"]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+
+    @staticmethod
+    def _mean_nll_sum(logps: list[torch.Tensor], device) -> torch.Tensor:
+        """The sum over demonstrations of each one's token-mean NLL (unweighted, for the logged `hpt/sft_loss`)."""
+        if not logps:
+            return torch.zeros((), device=device)
+        return torch.stack([-lp.detach().mean() for lp in logps]).sum()
+
     def _demonstration_terms(self, inputs, demo_rows, logps, entropies):
-        """The weighted NLL sum of the demonstrations and their token count, and the off-policy term (or None)."""
+        """The weighted sum of the demonstrations' token-mean NLL, their number, and the off-policy term (or None)."""
         weights = inputs["demonstration_weight"][demo_rows]
         mode = self.args.demonstration_loss
         sft_weights = weights * srft_sft_weights(entropies) if mode == "srft" and logps else weights
-        nll_sum, num_tokens = weighted_nll(logps, sft_weights)
+        nll_sum, num_demonstrations = weighted_mean_nll(logps, sft_weights)
         off_policy_loss = None
         if mode in ("off_policy", "srft"):
             token_losses = off_policy_token_losses(logps, inputs["demonstration_advantage"][demo_rows])
             off_policy_loss = self._sum_like_rl_term(token_losses, weights, nll_sum)
-        return nll_sum, num_tokens, off_policy_loss
+        return nll_sum, num_demonstrations, off_policy_loss
 
     def _sum_like_rl_term(self, token_losses: list[torch.Tensor], weights: torch.Tensor, anchor) -> torch.Tensor:
         """Aggregate per-row token losses as TRL aggregates the RL term: dr_grpo sums, grpo averages per row."""
@@ -514,7 +580,7 @@ class HPTTrainer(GRPOTrainer):
                 **multimodal_inputs,
             )
             if request is not None:
-                request.row_logps, request.row_entropies = logps, entropies
+                request.row_logps, request.row_entropies, request.aux_loss = logps, entropies, aux
             return logps, entropies, aux
 
         extra = request.extra if request is not None else []
@@ -539,7 +605,7 @@ class HPTTrainer(GRPOTrainer):
             out_entropies = to_rectangle(entropies[: len(rows)], rows, num_rows, logits_to_keep, like=anchor.detach())
         aux = torch.stack(aux_losses).mean() if compute_aux_loss else None
         if request is not None:
-            request.row_logps, request.row_entropies = out_logps, out_entropies
+            request.row_logps, request.row_entropies, request.aux_loss = out_logps, out_entropies, aux
         return out_logps, out_entropies, aux
 
     def _forward_sequences(self, model, sequences, input_ids, compute_entropy, compute_aux_loss):

@@ -68,12 +68,12 @@ def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
     trainer.train()
     after = parameters(trainer.model)
 
-    # Independently: the prompts of the step, chat-templated, + demonstration + EOS; token-mean NLL over the
-    # demonstration tokens, one gradient.
+    # Independently: the prompts of the step, chat-templated, + demonstration + EOS; each demonstration's token-mean
+    # NLL, summed and divided by the rollout rows of the update (HPTConfig's formula), one gradient.
     pids = sorted(set(batches[0]["pids"]))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    total_nll, total_tokens = 0.0, 0
+    total_nll = 0.0
     for pid in pids:
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{pid}+{pid}="}], add_generation_prompt=True, tokenize=True, return_dict=True
@@ -81,9 +81,8 @@ def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
         demo = tokenizer(demonstration_for(pid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + demo])
         logits = model(ids).logits[0, len(prompt) - 1 : -1]
-        total_nll = total_nll + torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")
-        total_tokens += len(demo)
-    (total_nll / total_tokens).backward()
+        total_nll = total_nll + torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="mean")
+    (total_nll / len(batches[0]["pids"])).backward()
     for name, param in model.named_parameters():
         expected = before[name] - lr * param.grad
         torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6, msg=name)

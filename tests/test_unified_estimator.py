@@ -107,7 +107,7 @@ def _expected_objective(trainer, batch, mode):
         demo_advantages = 1.0 - group_mean
 
     objective = torch.zeros(())
-    sft_sum, sft_tokens = torch.zeros(()), 0
+    sft_sum = torch.zeros(())
     for row in range(rows):
         group, position = divmod(row, n)
         prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
@@ -125,11 +125,12 @@ def _expected_objective(trainer, batch, mode):
             logps, entropy = _plain_logps(model, prompt, demo)
             if mode in ("soft", "srft"):
                 weight = demo_coef[group] * (0.5 * (-entropy.detach().mean()).exp() if mode == "srft" else 1.0)
-                sft_sum, sft_tokens = sft_sum - weight * logps.sum(), sft_tokens + len(demo)
+                sft_sum = sft_sum - weight * logps.mean()
             if mode in ("off_policy", "srft"):
                 p = logps.exp()
                 objective = objective + (-demo_advantages[group] * p / (p + 0.1)).sum() / (rows * width)
-    return objective + args.sft_loss_coef * sft_sum / max(sft_tokens, 1)
+    # Each demonstration's token-mean NLL, divided by the update's rollout rows as the RL term (HPTConfig's formula).
+    return objective + args.sft_loss_coef * sft_sum / rows
 
 
 @pytest.mark.parametrize(
