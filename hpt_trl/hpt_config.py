@@ -1,4 +1,5 @@
 import math
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -346,6 +347,14 @@ class HPTConfig(GRPOConfig):
                 )
 
         super().__post_init__()
+
+        uses_deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if threshold is not None and uses_deepspeed:
+            raise ValueError(
+                f"grad_norm_skip_threshold={threshold} cannot act under DeepSpeed, which takes the optimizer step inside "
+                "its backward, before the norm is known here. Launch with accelerate_configs/fsdp.yaml (or DDP), or "
+                "unset grad_norm_skip_threshold."
+            )
 
     def zero_advantage_gradient_terms(self) -> list[str]:
         """The settings under which a rollout with zero advantage still shapes the gradient (empty: it does not)."""

@@ -187,6 +187,22 @@ class HPTTrainer(GRPOTrainer):
                 with open(path) as f:
                     self.adaptive_gamma.load_state_dict(json.load(f))
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The transformers loop hands in the norm before clipping; the authors' Qwen scripts skip updates above a norm.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        threshold = self.args.grad_norm_skip_threshold
+        if threshold is not None:
+            skip = not float(grad_norm) <= threshold  # a non-finite norm is skipped too
+            if skip:
+                # An optimizer skips parameters without a gradient: no parameter, moment or step-count change.
+                for parameter in model.parameters():
+                    parameter.grad = None
+                logger.warning(
+                    f"Skipped the update of step {self.state.global_step + 1}: gradient norm {float(grad_norm):.4g} > grad_norm_skip_threshold={threshold}."
+                )
+            self._metrics["train"]["hpt/skipped_update"].append(float(skip))
+        return grad_norm
+
     def _resolve_gate_reward(self, gate_reward: str | int) -> int:
         names = self.reward_func_names
         if isinstance(gate_reward, int):

@@ -127,3 +127,74 @@ def write_tiny_recipe(folder, model_dir: str, **fields) -> str:
     path = folder / "recipe.yaml"
     path.write_text("".join(f"{key}: {value}\n" for key, value in values.items()))
     return str(path)
+
+
+def scripted_rollouts(prompts, trainer):
+    """
+    A `rollout_func` whose completions depend only on the prompt and the rollout's index `k` in its group (global
+    row order), so every batch layout and process count trains on the same generation batch. The completion starts
+    with `k`, and its length varies within the group.
+    """
+    tokenizer = trainer.processing_class
+    first_row = trainer.accelerator.process_index * len(prompts)
+    prompt_ids, completion_ids = [], []
+    for row, prompt in enumerate(prompts, start=first_row):
+        k = row % trainer.num_generations
+        prompt_ids.append(tokenizer(prompt)["input_ids"])
+        text = f"{k}" + "ab" * (1 + (len(prompt) + k) % 3)
+        completion_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+def correct_first_rollouts(completions, pid, **kwargs):
+    """The rollouts `k < pid % (n + 1)` of prompt `pid` are correct (`k` leads a scripted completion): P = pid % 5."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(t[:1].isdigit() and int(t[0]) < p % (NUM_GENERATIONS + 1)) for t, p in zip(texts, pid)]
+
+
+# Every gate and demonstration loss, each with an entropy bonus over rollouts and demonstrations.
+LAYOUT_MODES = {
+    "switch": dict(gamma=1),
+    "soft": dict(gate_strategy="soft"),
+    "adaptive": dict(gate_strategy="adaptive"),
+    "always-sft": dict(gate_strategy="always"),
+    "luffy": dict(gate_strategy="always", demonstration_loss="off_policy"),
+    "srft": dict(gate_strategy="always", demonstration_loss="srft"),
+}
+
+
+def one_step_update(model_dir, output_dir, mode: str, per_device_train_batch_size: int, accumulation: int):
+    """
+    The parameter change of one plain-SGD step (lr 1, no clipping: the negative gradient) on the generation batch of
+    8 prompts x 4 scripted rollouts, split into `per_device_train_batch_size` rows x `accumulation` micro-batches on
+    each process.
+    """
+    from hpt_trl import HPTTrainer
+
+    args = make_config(
+        output_dir,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        entropy_coef=0.01,
+        entropy_coverage="rollouts_and_demonstrations",
+        **LAYOUT_MODES[mode],
+    )
+    trainer = HPTTrainer(
+        model_dir,
+        [correct_first_rollouts, length_parity_reward],
+        args=args,
+        train_dataset=make_dataset(num_prompts=8, conversational=False),
+        rollout_func=scripted_rollouts,
+    )
+    before = parameters(trainer.model)
+    trainer.train()
+    after = parameters(trainer.model)
+    logs = trainer.state.log_history[0]
+    assert 0 < logs["hpt/sft_prompt_ratio"] and (mode != "switch" or logs["hpt/sft_prompt_ratio"] < 1)
+    return {name: after[name] - before[name] for name in before}

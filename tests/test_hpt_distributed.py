@@ -44,3 +44,34 @@ def test_two_processes_gate_like_one(tiny_model_dir, tmp_path):
     # A straddling all-correct group (P = 4 > gamma = 2) would be gated if each process counted only its own half;
     # a straddling all-wrong group must put its one demonstration on exactly one process. Both cases occur.
     assert straddling_kinds == {"gated", "rl"}
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_update_of_one(tiny_model_dir, tmp_path):
+    """The same generation batch on 2 processes x 16 rows gives the update of 1 process x 32 rows, for every mode."""
+    import torch
+    from hpt_testing import LAYOUT_MODES, one_step_update
+
+    script = Path(__file__).parent / "scripts" / "one_step_update.py"
+    output = tmp_path / "two.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    log = tmp_path / "two.log"
+    with log.open("w") as out:
+        result = subprocess.run(
+            command + [str(script), tiny_model_dir, str(output), "16", "1"],
+            stdout=out,
+            stderr=out,
+            env=env,
+            timeout=600,
+        )
+    assert result.returncode == 0, log.read_text()[-4000:]
+    two = torch.load(output)
+    assert two["world_size"] == 2
+    for mode in LAYOUT_MODES:
+        whole = one_step_update(tiny_model_dir, tmp_path / mode, mode, 32, 1)
+        scale = max(delta.abs().max() for delta in whole.values())
+        for name, delta in whole.items():
+            torch.testing.assert_close(
+                two["updates"][mode][name], delta, rtol=0, atol=2e-6 * scale, msg=f"{mode} {name}"
+            )

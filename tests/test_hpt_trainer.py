@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from hpt_testing import (
+    LAYOUT_MODES,
     NUM_GENERATIONS,
     base_kwargs,
     demonstration_for,
@@ -10,6 +11,7 @@ from hpt_testing import (
     make_config,
     make_dataset,
     odd_prompts_wrong,
+    one_step_update,
     parameters,
     record_generation_batches,
 )
@@ -194,3 +196,20 @@ def test_every_micro_batch_kind_gives_a_finite_loss(tiny_model_dir, tmp_path):
         trainer.model.zero_grad()
     logged = [v for log in trainer.state.log_history for v in log.values() if isinstance(v, float)]
     assert logged and all(math.isfinite(v) for v in logged)
+
+
+LAYOUTS = [(16, 2), (8, 4)]  # (rows per micro-batch, accumulation steps) on one process, against 32 x 1
+
+
+@pytest.mark.parametrize("mode", list(LAYOUT_MODES))
+def test_the_update_does_not_depend_on_the_batch_split(tiny_model_dir, tmp_path, mode):
+    """One generation batch, SFT and RL rows mixed, entropy bonus on: 32 x 1, 16 x 2 and 8 x 4 give one update."""
+    whole = one_step_update(tiny_model_dir, tmp_path / "whole", mode, 32, 1)
+    scale = max(delta.abs().max() for delta in whole.values())
+    assert scale > 0
+    for rows, accumulation in LAYOUTS:
+        split = one_step_update(tiny_model_dir, tmp_path / f"{rows}x{accumulation}", mode, rows, accumulation)
+        for name, delta in whole.items():
+            torch.testing.assert_close(
+                split[name], delta, rtol=0, atol=2e-6 * scale, msg=f"{mode} {rows}x{accumulation} {name}"
+            )
