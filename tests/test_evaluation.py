@@ -358,9 +358,17 @@ def test_render_prompt_templates(char_tokenizer):
     text, _ = render_prompt("What is 1+1?", char_tokenizer, "chat", instruction="Box it.", system_prompt="Be brief.")
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 1+1?\n\nBox it.")
 
+    # The authors' Llama-3.1-8B prompt: train_llama.sh's zero_temp, with its suffix_prompt appended to the problem.
     text, ids = render_prompt("What is 1+1?", char_tokenizer, "llama")
-    assert text == "Question:\nWhat is 1+1?\nAnswer:\nLet's think step by step."
+    assert text == (
+        "Question:\nWhat is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+        "Answer:\nLet's think step by step."
+    )
     assert ids == char_tokenizer(text)["input_ids"]
+    # The problem is used as it is, as in training (the authors strip nothing).
+    assert render_prompt(" What is 1+1?\n", char_tokenizer, "llama")[0].startswith(
+        "Question:\n What is 1+1?\n\nPlease"
+    )
     assert render_prompt("What is 1+1?", char_tokenizer, "none")[0] == "What is 1+1?"
 
     with pytest.raises(ValueError, match="Unknown --template"):

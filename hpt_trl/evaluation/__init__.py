@@ -33,7 +33,7 @@ from .cli import main
 from .grading import extract_choice, grade_completion, grade_completions
 from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
 from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
-from .prompts import LLAMA_TEMPLATE, TEMPLATES, render_prompt
+from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
 from .report import compare_results, format_results_table, load_results, plot_pass_at_k
 
 
@@ -59,6 +59,7 @@ __all__ = [
     "EvalConfig",
     "EvaluationError",
     "Generation",
+    "LLAMA_SUFFIX",
     "LLAMA_TEMPLATE",
     "Problem",
     "SamplingConfig",

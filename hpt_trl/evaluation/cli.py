@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--template",
         choices=TEMPLATES,
         default="chat",
-        help="chat: the tokenizer's chat template, one user turn (Qwen); llama: 'Question:/Answer:' text; none: raw.",
+        help="The training template (hpt_trl.prompts): chat: the tokenizer's chat template, one user turn (Qwen); "
+        "llama: the authors' 'Question:/Answer:' text with their boxed-answer suffix (Llama-3.1-8B); none: raw.",
     )
     run.add_argument("--instruction", help="Text appended to each problem (the authors' evaluation adds none).")
     run.add_argument("--system_prompt", help="A system turn for --template chat (the authors' evaluation has none).")
