@@ -159,6 +159,8 @@ def grade_with_checks(
         for i, ok in zip(left, verdicts):
             if ok:
                 matched[i] = MATCHED_WHOLE_TEXT
+        # The answer that was accepted, when the second check accepted one over a (wrong) boxed answer.
+        extracted = [a if m == MATCHED_ANSWER_IS else e for a, m, e in zip(stated, matched, extracted)]
     return [(m is not None, e, m) for m, e in zip(matched, extracted)]
 
 
