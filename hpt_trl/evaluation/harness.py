@@ -170,7 +170,7 @@ class EvalConfig:
             protocol = get_protocol(self.protocol)
         except ValueError as error:
             raise EvaluationError(str(error)) from error
-        # The protocol fills what was left unset; the names of the settings given explicitly are kept for the record.
+        # The protocol fills what was left unset; settings given another value than the protocol's are recorded.
         self._overridden = []
         for name, value in protocol.settings().items():
             if getattr(self, name) is None:
