@@ -2,12 +2,13 @@
 Loading HPT training data: prompts, expert demonstrations and gold answers, in the form [`HPTTrainer`] expects.
 
 The authors train on the Hub dataset `Elliott/Openr1-Math-46k-8192` (verl schema): `prompt` (chat messages with a
-system prompt), `target` (`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose
+system prompt, which their `data/prepare_train.py` drops, as `keep_system_prompt=False` does here), `target` (`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose
 `ground_truth` is the gold answer), `data_source`, `ability`, `extra_info`. [`load_hpt_dataset`] turns that schema, or
 any dataset whose columns are named through arguments, into three columns:
 
 - `prompt`: chat messages (`prompt_template="chat"`), the base-model "Question/Answer" string
-  (`prompt_template="llama"`), or the source prompt unchanged (`prompt_template="none"`);
+  (`prompt_template="llama"`), or the source prompt unchanged (`prompt_template="none"`), built by the templates of
+  `hpt_trl.prompts` that evaluation uses too;
 - `demonstration`: the expert solution as a string (the trainer appends EOS);
 - `solution`: the gold answer as a string, the argument of [`~hpt_trl.rewards.accuracy_reward`].
 
@@ -26,13 +27,15 @@ from transformers import PreTrainedTokenizerBase
 from trl import ScriptArguments
 
 from .demonstrations import demonstration_text
+from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401 (re-exported)
 from .rewards import accuracy_reward, format_reward
 
 
 logger = logging.getLogger(__name__)
 
 HPT_DATASET_NAME = "Elliott/Openr1-Math-46k-8192"
-PROMPT_TEMPLATES = ("chat", "llama", "none")
+# The templates are defined once, in `hpt_trl.prompts`, for training and evaluation alike.
+PROMPT_TEMPLATES = TEMPLATES
 METHODS = ("hpt", "sft", "grpo", "sft_then_grpo")
 # The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
 TOOLKIT_VARIANTS = {
@@ -41,9 +44,9 @@ TOOLKIT_VARIANTS = {
     "luffy": {"gate_strategy": "always", "demonstration_loss": "off_policy"},
     "srft": {"gate_strategy": "always", "demonstration_loss": "srft"},
 }
-# The base-model template of the paper's Llama-3.1-8B runs: a base model has no chat template, so the problem is
-# wrapped in plain text that ends where the model should start reasoning.
-LLAMA_PROMPT_TEMPLATE = "Question:\n{problem}\nAnswer:\nLet's think step by step."
+# The base-model template of the paper's Llama-3.1-8B runs (a base model has no chat template): the problem plus the
+# authors' suffix fills `LLAMA_TEMPLATE`; see `hpt_trl.prompts.llama_prompt`. Kept under the loader's old name.
+LLAMA_PROMPT_TEMPLATE = LLAMA_TEMPLATE
 
 # Extensions that `datasets` reads with a packaged builder; anything else is treated as a Hub name or a directory.
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -91,12 +94,15 @@ class HPTScriptArguments(ScriptArguments):
             Hub dataset name, a local directory, or a local `.parquet`, `.json`, `.jsonl` or `.csv` file.
         prompt_template (`str`, *optional*, defaults to `"chat"`):
             `"chat"`: the prompt is a list of chat messages (for models with a chat template, e.g. Qwen2.5-Math).
-            `"llama"`: the prompt is the string `"Question:\n{problem}\nAnswer:\nLet's think step by step."` built
-            from the last user message (for base models without a chat template, e.g. Llama-3.1-8B). `"none"`: the
-            source prompt is kept as it is.
-        keep_system_prompt (`bool`, *optional*, defaults to `True`):
-            Whether to keep the dataset's system message(s). With `prompt_template="llama"` a kept system prompt is
-            written before the question.
+            `"llama"`: the prompt is the authors' Llama-3.1-8B string (`hpt_trl.prompts.llama_prompt`): `"Question:\n"`,
+            the last user message unstripped, the suffix `"\nPlease reason step by step, and put your final answer
+            within \\boxed{}."`, then `"\nAnswer:\nLet's think step by step."` (for base models without a chat
+            template). `"none"`: the source prompt is kept as it is. Evaluation (`hpt-eval
+            --template`) renders the same templates from `hpt_trl.prompts`.
+        keep_system_prompt (`bool`, *optional*, defaults to `False`):
+            Whether to keep the dataset's system message(s). The default drops them, as the authors'
+            `data/prepare_train.py` does, so Qwen2.5-Math's chat template supplies its own default system turn, as in
+            evaluation. With `prompt_template="llama"` a kept system prompt is written before the question.
         dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
             Source column with the prompt: a string or a list of chat messages. Dotted paths reach into structs.
         dataset_demonstration_column (`str`, *optional*, defaults to `"target"`):
@@ -136,7 +142,10 @@ class HPTScriptArguments(ScriptArguments):
             "choices": list(PROMPT_TEMPLATES),
         },
     )
-    keep_system_prompt: bool = field(default=True, metadata={"help": "Whether to keep the dataset's system prompt."})
+    keep_system_prompt: bool = field(
+        default=False,
+        metadata={"help": "Whether to keep the dataset's system prompt (the authors drop it: data/prepare_train.py)."},
+    )
     dataset_prompt_column: str = field(
         default="prompt", metadata={"help": "Source column with the prompt (dotted paths reach into structs)."}
     )
@@ -297,10 +306,9 @@ def _format_prompt(prompt: Any, template: str, keep_system_prompt: bool, column:
     users = [m for m in turns if m["role"] == "user"]
     if not users:
         raise ValueError(f"The prompt in column '{column}' has no user message to build the 'llama' prompt from.")
-    text = LLAMA_PROMPT_TEMPLATE.format(problem=users[-1]["content"].strip())
-    if keep_system_prompt and system:
-        text = "\n\n".join(m["content"] for m in system) + "\n\n" + text
-    return text
+    # The problem as it is (the authors strip nothing), through the template evaluation renders too.
+    system_prompt = "\n\n".join(m["content"] for m in system) if keep_system_prompt and system else None
+    return build_prompt(users[-1]["content"], "llama", system_prompt=system_prompt)
 
 
 def _prompt_num_tokens(prompt: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> int:
@@ -315,7 +323,7 @@ def prepare_hpt_dataset(
     dataset: datasets.Dataset,
     *,
     prompt_template: str = "chat",
-    keep_system_prompt: bool = True,
+    keep_system_prompt: bool = False,
     prompt_column: str = "prompt",
     demonstration_column: str = "target",
     solution_column: str = "reward_model.ground_truth",
@@ -438,7 +446,7 @@ def load_hpt_dataset(
     split: str = "train",
     *,
     prompt_template: str = "chat",
-    keep_system_prompt: bool = True,
+    keep_system_prompt: bool = False,
     prompt_column: str = "prompt",
     demonstration_column: str = "target",
     solution_column: str = "reward_model.ground_truth",
@@ -463,10 +471,13 @@ def load_hpt_dataset(
             Split to load (Hub datasets and directories).
         prompt_template (`str`, *optional*, defaults to `"chat"`):
             `"chat"`: `prompt` is a list of chat messages (a string source prompt becomes one user turn).
-            `"llama"`: `prompt` is `"Question:\n{problem}\nAnswer:\nLet's think step by step."`, with the last user
-            message as the problem, for base models without a chat template. `"none"`: the source prompt is kept.
-        keep_system_prompt (`bool`, *optional*, defaults to `True`):
-            Whether to keep the source's system messages (written before the question with `"llama"`).
+            `"llama"`: `prompt` is the authors' Llama-3.1-8B string (`hpt_trl.prompts.llama_prompt`: `"Question:\n"`,
+            the last user message unstripped, the suffix `"\nPlease reason step by step, and put your final answer
+            within \\boxed{}."`, then `"\nAnswer:\nLet's think step by step."`), for base models without a chat
+            template. `"none"`: the source prompt is kept.
+        keep_system_prompt (`bool`, *optional*, defaults to `False`):
+            Whether to keep the source's system messages (written before the question with `"llama"`). The authors
+            drop them (`data/prepare_train.py`), and so does the default.
         prompt_column (`str`, *optional*, defaults to `"prompt"`):
             Source column with the prompt. This and the two next columns accept dotted paths into structs.
         demonstration_column (`str`, *optional*, defaults to `"target"`):

@@ -314,29 +314,49 @@ def _math_verify_equal(prediction: str, gold: str) -> bool:
     Runs in the helper process (call it directly only on trusted input). math-verify's own signal-based timeouts are
     disabled (`None`) because the caller bounds the time.
     """
+    from math_verify import verify
+
+    gold_parsed = _parse_bare_answer(gold)
+    if not gold_parsed:
+        return False
+    prediction_parsed = _parse_bare_answer(prediction)
+    if not prediction_parsed:
+        return False
+    return bool(verify(gold_parsed, prediction_parsed, timeout_seconds=None))
+
+
+def _parse_bare_answer(answer: str) -> list:
+    """Parses one bare answer as a LaTeX math span (plain expressions are understood too), with no time bound."""
     global _MATH_VERIFY_CONFIG
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     if _MATH_VERIFY_CONFIG is None:
         _MATH_VERIFY_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    body = _strip_math_delimiters(answer)
+    if not body:
+        return []
+    return parse(
+        "$" + body + "$",
+        extraction_config=_MATH_VERIFY_CONFIG,
+        extraction_mode="first_match",
+        fallback_mode="no_fallback",
+        parsing_timeout=None,
+    )
 
-    def _parse(answer: str):
-        """Parses one bare answer as a LaTeX math span (plain expressions are understood too)."""
-        body = _strip_math_delimiters(answer)
-        if not body:
-            return []
-        return parse(
-            "$" + body + "$",
-            extraction_config=_MATH_VERIFY_CONFIG,
-            extraction_mode="first_match",
-            fallback_mode="no_fallback",
-            parsing_timeout=None,
-        )
 
-    gold_parsed = _parse(gold)
+def _math_verify_text_equal(text: str, gold: str) -> bool:
+    """
+    math-verify over a whole response, with no answer extracted first: math-verify's own extraction (its default
+    configuration, as `math_verify.parse(text)`) finds the answer(s) in the text. Not used by the training reward; the
+    evaluation's last grading fallback (DeepMath's `uni_eval.py`, which the HPT authors evaluate with). No time bound:
+    it runs in the helper process.
+    """
+    from math_verify import parse, verify
+
+    gold_parsed = _parse_bare_answer(gold)
     if not gold_parsed:
         return False
-    prediction_parsed = _parse(prediction)
+    prediction_parsed = parse(text, parsing_timeout=None)
     if not prediction_parsed:
         return False
     return bool(verify(gold_parsed, prediction_parsed, timeout_seconds=None))
@@ -404,7 +424,8 @@ def _worker_main() -> None:
                 armed[0] = True
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, float(soft))
-                equal = _math_verify_equal(request["prediction"], request["gold"])
+                check = _math_verify_text_equal if request.get("whole_text") else _math_verify_equal
+                equal = check(request["prediction"], request["gold"])
             finally:
                 armed[0] = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -621,11 +642,15 @@ def _warm_up_pool(num_workers: int | None = None) -> None:
         _POOL.release(workers)
 
 
-def _run_math_verify(tasks: list[tuple[str, str]], timeout_seconds: float) -> list[tuple[bool, bool]]:
+def _run_math_verify(
+    tasks: list[tuple[str, str]], timeout_seconds: float, whole_text: bool = False
+) -> list[tuple[bool, bool]]:
     """
     Checks `(prediction, gold)` pairs with math-verify in helper processes, each pair under its own deadline.
 
-    Returns one `(equal, timed_out)` per pair. A pair's deadline starts when it is handed to a helper; a helper that
+    With `whole_text=True` each prediction is a whole response that math-verify searches for its answer
+    (`_math_verify_text_equal`, for the evaluation's fallback) instead of a bare answer. Returns one
+    `(equal, timed_out)` per pair. A pair's deadline starts when it is handed to a helper; a helper that
     misses it is killed and replaced. A helper that dies mid-request counts as a timeout too.
     """
     results: list[tuple[bool, bool] | None] = [None] * len(tasks)
@@ -644,8 +669,11 @@ def _run_math_verify(tasks: list[tuple[str, str]], timeout_seconds: float) -> li
                     prediction, gold = tasks[index]
                     soft = timeout_seconds * _SOFT_DEADLINE_FRACTION if _USE_SOFT_DEADLINE else None
                     worker.in_flight = (index, now + timeout_seconds)
+                    request = {"prediction": prediction, "gold": gold, "soft": soft}
+                    if whole_text:
+                        request["whole_text"] = True
                     try:
-                        worker.send({"prediction": prediction, "gold": gold, "soft": soft})
+                        worker.send(request)
                     except OSError:
                         pass  # the helper died; its EOF is handled below
             waiting = [worker for worker in workers if not worker.ready or worker.in_flight is not None]
@@ -749,14 +777,20 @@ def _cheap_verdict(prediction: str, gold: str) -> bool | None:
     return None
 
 
-def _verify_many(completions: list[str], ground_truths: list, timeout_seconds: float) -> tuple[list[bool], int]:
-    """Verdicts for parallel lists of completions and ground truths, and the number of timeouts among them."""
+def _verify_many(
+    completions: list[str], ground_truths: list, timeout_seconds: float, extracted: bool = False
+) -> tuple[list[bool], int]:
+    """
+    Verdicts for parallel lists of completions and ground truths, and the number of timeouts among them.
+
+    With `extracted=True` the completions are answers already extracted (by the caller), graded as they are.
+    """
     verdicts = [False] * len(completions)
     tasks: list[tuple[str, str]] = []
     owners: list[int] = []
     for index, (completion, ground_truth) in enumerate(zip(completions, ground_truths)):
         try:
-            prediction = extract_boxed_answer(completion)
+            prediction = completion.strip() if extracted else extract_boxed_answer(completion)
             if prediction is None:
                 continue
             for gold in _gold_candidates(ground_truth):
@@ -826,6 +860,74 @@ def verify_answer(completion: str, ground_truth: str, timeout_seconds: float = 5
     """
     verdicts, _ = _verify_many([completion], [ground_truth], timeout_seconds)
     return verdicts[0]
+
+
+def verify_extracted_answers(answers: list, ground_truths: list, timeout_seconds: float = 5.0) -> list[bool]:
+    """
+    Grades answers that the caller has already extracted (e.g. the text after "The answer is:"), each against its gold
+    answer, with the checks of [`verify_answer`] (normalised comparison, then math-verify in a helper process under
+    `timeout_seconds`). Not used by the training reward.
+
+    Args:
+        answers (`list[str | None]`):
+            Bare answers; `None` (nothing extracted) is wrong.
+        ground_truths (`list`):
+            Gold answers, one per answer, boxed or not (or lists of acceptable ones).
+        timeout_seconds (`float`, *optional*, defaults to `5.0`):
+            Wall-time limit of one math-verify check.
+
+    Returns:
+        `list[bool]`: One verdict per answer.
+    """
+    if len(answers) != len(ground_truths):
+        raise ValueError(f"Got {len(answers)} answers but {len(ground_truths)} gold answers; expected one each.")
+    verdicts = [False] * len(answers)
+    present = [i for i, answer in enumerate(answers) if isinstance(answer, str) and answer.strip()]
+    found, _ = _verify_many(
+        [answers[i] for i in present], [ground_truths[i] for i in present], timeout_seconds, extracted=True
+    )
+    for i, verdict in zip(present, found, strict=True):
+        verdicts[i] = verdict
+    return verdicts
+
+
+def verify_whole_texts(texts: list[str], ground_truths: list, timeout_seconds: float = 5.0) -> list[bool]:
+    """
+    Grades whole responses with math-verify, which looks for the answer anywhere in the text with its own extraction
+    (`math_verify.parse(text)` with its default configuration) instead of the last `\\boxed{}`. This is the last
+    grading fallback of DeepMath's `uni_eval.py` (the HPT authors' evaluation); the training reward never uses it.
+    Each check runs in a helper process under `timeout_seconds` (a check that runs out is wrong and counts in
+    [`timeout_count`]).
+
+    Args:
+        texts (`list[str]`):
+            The responses.
+        ground_truths (`list`):
+            Gold answers, one per response, boxed or not (or lists of acceptable ones).
+        timeout_seconds (`float`, *optional*, defaults to `5.0`):
+            Wall-time limit of one check.
+
+    Returns:
+        `list[bool]`: One verdict per response.
+    """
+    if len(texts) != len(ground_truths):
+        raise ValueError(f"Got {len(texts)} responses but {len(ground_truths)} gold answers; expected one each.")
+    tasks, owners = [], []
+    for index, (text, ground_truth) in enumerate(zip(texts, ground_truths)):
+        if not isinstance(text, str) or not text.strip():
+            continue
+        for gold in _gold_candidates(ground_truth):
+            if gold:
+                tasks.append((text, gold))
+                owners.append(index)
+    verdicts = [False] * len(texts)
+    timed_out_rows = set()
+    for owner, (equal, timed_out) in zip(owners, _run_math_verify(tasks, timeout_seconds, whole_text=True)):
+        verdicts[owner] = verdicts[owner] or equal
+        if timed_out:
+            timed_out_rows.add(owner)
+    _add_timeouts(sum(1 for row in timed_out_rows if not verdicts[row]))
+    return verdicts
 
 
 def _completion_text(completion) -> str:

@@ -5,13 +5,21 @@ import pandas as pd
 import pytest
 
 from hpt_trl.data import (
-    LLAMA_PROMPT_TEMPLATE,
     REWARD_FUNCS,
     HPTScriptArguments,
     get_reward_funcs,
     load_hpt_dataset,
 )
+from hpt_trl.evaluation import render_prompt
+from hpt_trl.prompts import llama_prompt
 from hpt_trl.rewards import accuracy_reward, format_reward
+
+
+# The authors' Llama-3.1-8B prompt (train_llama.sh: data.zero_temp with data.suffix_prompt appended to the problem).
+AUTHORS_LLAMA_PROMPT = (
+    "Question:\n{}\nPlease reason step by step, and put your final answer within \\boxed{{}}.\nAnswer:\n"
+    "Let's think step by step."
+)
 
 
 SYSTEM = "Reason step by step and put the final answer in \\boxed{}."
@@ -41,7 +49,7 @@ def authors_parquet(tmp_path):
 
 
 def test_chat_with_system_prompt(authors_parquet):
-    ds = load_hpt_dataset(str(authors_parquet))
+    ds = load_hpt_dataset(str(authors_parquet), keep_system_prompt=True)
     assert ds.column_names == ["prompt", "demonstration", "solution"]
     assert len(ds) == 3
     assert ds[0]["prompt"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2+3?"}]
@@ -54,11 +62,19 @@ def test_chat_without_system_prompt(authors_parquet):
     assert ds[1]["prompt"] == [{"role": "user", "content": "What is 4*4?"}]
 
 
+def test_system_prompt_is_dropped_by_default_as_the_authors_do(authors_parquet):
+    # data/prepare_train.py of the authors drops the dataset's system prompt (`item['prompt'][1:]`).
+    assert HPTScriptArguments().keep_system_prompt is False
+    assert HPTScriptArguments().loader_kwargs()["keep_system_prompt"] is False
+    ds = load_hpt_dataset(str(authors_parquet))
+    assert ds[0]["prompt"] == [{"role": "user", "content": "What is 2+3?"}]
+
+
 def test_llama_template(authors_parquet):
     ds = load_hpt_dataset(str(authors_parquet), prompt_template="llama", keep_system_prompt=False)
-    assert ds[0]["prompt"] == "Question:\nWhat is 2+3?\nAnswer:\nLet's think step by step."
+    assert ds[0]["prompt"] == AUTHORS_LLAMA_PROMPT.format("What is 2+3?") == llama_prompt("What is 2+3?")
     with_system = load_hpt_dataset(str(authors_parquet), prompt_template="llama", keep_system_prompt=True)
-    assert with_system[0]["prompt"] == SYSTEM + "\n\n" + LLAMA_PROMPT_TEMPLATE.format(problem="What is 2+3?")
+    assert with_system[0]["prompt"] == SYSTEM + "\n\n" + AUTHORS_LLAMA_PROMPT.format("What is 2+3?")
 
 
 def test_none_template_keeps_prompt(authors_parquet):
@@ -95,7 +111,7 @@ def test_long_demonstrations_and_prompts_token_budget(authors_parquet, tiny_mode
 
     # Rendered chat prompts are ~100 bytes with the system prompt and ~45 without.
     with pytest.raises(ValueError, match="No rows left"):
-        load_hpt_dataset(str(authors_parquet), tokenizer=tokenizer, max_prompt_tokens=60)
+        load_hpt_dataset(str(authors_parquet), tokenizer=tokenizer, max_prompt_tokens=60, keep_system_prompt=True)
     ds, stats = load_hpt_dataset(
         str(authors_parquet), tokenizer=tokenizer, max_prompt_tokens=60, keep_system_prompt=False, return_stats=True
     )
@@ -128,7 +144,7 @@ def test_generic_columns_from_jsonl(tmp_path):
         demonstration_column="expert",
         solution_column="answer.value",
     )
-    assert llama[0]["prompt"] == LLAMA_PROMPT_TEMPLATE.format(problem="What is 1+1?")
+    assert llama[0]["prompt"] == AUTHORS_LLAMA_PROMPT.format("What is 1+1?")
 
 
 @pytest.mark.parametrize(
@@ -191,3 +207,50 @@ def test_loaded_dataset_trains_with_hpt_trainer(authors_parquet, tmp_path):
     assert logs, trainer.state.log_history
     # A random tiny model solves nothing, so with gamma=0 every prompt is gated to SFT.
     assert logs[0]["hpt/sft_prompt_ratio"] == pytest.approx(1.0)
+
+
+def _trl_prompt_ids(prompts: list, tokenizer) -> list[list[int]]:
+    """Prompt token ids as TRL's GRPOTrainer computes them in training (its own `_tokenize_prompts`)."""
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    trainer = SimpleNamespace(
+        processing_class=tokenizer,
+        _is_vlm=False,
+        environment_factories=None,
+        tools=None,
+        chat_template=None,
+        chat_template_kwargs={},
+    )
+    prompt_ids, _, _ = GRPOTrainer._tokenize_prompts(trainer, prompts)
+    return [list(ids) for ids in prompt_ids]
+
+
+@pytest.mark.parametrize("template", ["chat", "llama"])
+def test_training_and_evaluation_render_the_same_prompt_ids(tmp_path, tiny_model_dir, template):
+    """The loader's prompt, tokenized as TRL does in training, equals what `hpt-eval` feeds the model."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # Surrounding whitespace is part of the problem on both sides (the authors strip nothing).
+    problems = ["What is 2+3?", "  Compute $\\frac{1}{2}+\\frac{1}{3}$.\n", "Line one.\n\nLine two?"]
+    rows = [
+        {
+            "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem}],
+            "target": [{"role": "assistant", "content": "\\boxed{1}"}],
+            "reward_model": {"ground_truth": "1"},
+        }
+        for problem in problems
+    ]
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    ds = load_hpt_dataset(str(path), prompt_template=template)  # the default drops the system prompt
+    trained = _trl_prompt_ids([row["prompt"] for row in ds], tokenizer)
+    for problem, ids in zip(problems, trained, strict=True):
+        text, evaluated = render_prompt(problem, tokenizer, template=template)
+        assert ids == evaluated, (template, problem)
+        assert problem in text
+    if template == "llama":
+        assert ds[1]["prompt"] == AUTHORS_LLAMA_PROMPT.format(problems[1])
+        assert tokenizer.decode(trained[1]) == AUTHORS_LLAMA_PROMPT.format(problems[1])

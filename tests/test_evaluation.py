@@ -18,8 +18,10 @@ from hpt_trl.evaluation import (
     Generation,
     SamplingConfig,
     evaluate,
+    extract_answer_is,
     extract_choice,
     grade_completions,
+    grade_with_checks,
     import_vllm,
     load_benchmark,
     main,
@@ -166,6 +168,52 @@ def test_summarize_records():
 )
 def test_extract_choice(completion, expected):
     assert extract_choice(completion) == expected
+
+
+# A response per grading check of the paper protocol (DeepMath uni_eval.py), for a problem whose gold answer is 9.
+FALLBACK_CASES = [
+    # (response, boxed_only verdict, with_fallbacks (verdict, extracted, matched_by))
+    ("so \\boxed{9}", True, (True, "9", "boxed")),
+    ("Thus 4+5.\nThe answer is: 9", False, (True, "9", "answer_is")),
+    ("The answer is: $9$.", False, (True, "$9$.", "answer_is")),
+    # A wrong box still gets the fallbacks, as in uni_eval.py (its checks are or-ed).
+    ("\\boxed{8}\nThe answer is: 9", False, (True, "9", "answer_is")),
+    # No box and no "The answer is: " on the last line: math-verify reads the whole text.
+    ("Adding them gives $4+5=9$.", False, (True, None, "whole_text")),
+    ("The answer is: 9\nLet me double check: that is right.", False, (True, None, "whole_text")),
+    ("\\boxed{8}", False, (False, "8", None)),
+    ("Adding them gives $4+5=10$.", False, (False, None, None)),
+]
+
+
+def test_extract_answer_is_reads_the_last_line_only():
+    assert extract_answer_is("Work.\nThe answer is: 42") == "42"
+    assert extract_answer_is("Work.\nThe answer is: 42\n") == "42"  # `$` also matches before a final newline
+    assert extract_answer_is("The answer is: 42\nMore text.") is None
+    assert extract_answer_is("the answer is: 42") is None  # case-sensitive, as uni_eval.py
+    assert extract_answer_is("The answer is 42") is None  # the colon is part of the phrase
+    assert extract_answer_is("The answer is:  ") is None
+
+
+def test_each_grading_check_of_the_paper_protocol():
+    aime = load_benchmark("aime24", data_dir=FIXTURES)[0]
+    assert aime.answer == "9"
+    texts = [text for text, _, _ in FALLBACK_CASES]
+    with_fallbacks = grade_with_checks(aime, texts, grading="with_fallbacks")
+    boxed_only = grade_with_checks(aime, texts, grading="boxed_only")
+    for (text, boxed_ok, expected), got, got_boxed in zip(FALLBACK_CASES, with_fallbacks, boxed_only):
+        assert got == expected, text
+        assert got_boxed[0] is boxed_ok and got_boxed[2] == ("boxed" if boxed_ok else None), text
+    # The default stays the training reward's boxed-only grading.
+    assert [ok for ok, _ in grade_completions(aime, texts)] == [ok for _, ok, _ in FALLBACK_CASES]
+    # Multiple choice is graded by the chosen label under both gradings.
+    arc = load_benchmark("arc_c", data_dir=FIXTURES)[1]
+    assert grade_with_checks(arc, ["\\boxed{2}", "\\boxed{3}"], grading="with_fallbacks") == [
+        (True, "2", "choice"),
+        (False, "3", None),
+    ]
+    with pytest.raises(ValueError, match="Unknown --grading 'lenient'"):
+        grade_with_checks(aime, texts, grading="lenient")
 
 
 def test_grade_completions_math_and_multiple_choice():
@@ -358,9 +406,17 @@ def test_render_prompt_templates(char_tokenizer):
     text, _ = render_prompt("What is 1+1?", char_tokenizer, "chat", instruction="Box it.", system_prompt="Be brief.")
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 1+1?\n\nBox it.")
 
+    # The authors' Llama-3.1-8B prompt: train_llama.sh's zero_temp, with its suffix_prompt appended to the problem.
     text, ids = render_prompt("What is 1+1?", char_tokenizer, "llama")
-    assert text == "Question:\nWhat is 1+1?\nAnswer:\nLet's think step by step."
+    assert text == (
+        "Question:\nWhat is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+        "Answer:\nLet's think step by step."
+    )
     assert ids == char_tokenizer(text)["input_ids"]
+    # The problem is used as it is, as in training (the authors strip nothing).
+    assert render_prompt(" What is 1+1?\n", char_tokenizer, "llama")[0].startswith(
+        "Question:\n What is 1+1?\n\nPlease"
+    )
     assert render_prompt("What is 1+1?", char_tokenizer, "none")[0] == "What is 1+1?"
 
     with pytest.raises(ValueError, match="Unknown --template"):
@@ -859,3 +915,130 @@ def test_benchmark_callback_with_a_trainer_leaves_the_steps_training_metrics_alo
     assert [step for step, _ in trainer.reported] == [3]
     assert "benchmark/GPQA-diamond/avg@2" in trainer.reported[0][1]
     assert state.log_history == [{**trainer.reported[0][1], "step": 3}]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation protocols
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_protocol_defaults_and_overrides():
+    from hpt_trl.evaluation.cli import build_parser
+
+    paper = EvalConfig(model="Org/model", benchmarks=["aime24"])
+    assert paper.protocol == "paper"
+    assert (paper.n, paper.max_new_tokens, paper.temperature, paper.top_p, paper.grading) == (
+        16,
+        32768,
+        0.6,
+        0.95,
+        "with_fallbacks",
+    )
+    validation = EvalConfig(model="Org/model", benchmarks=["aime24"], protocol="validation")
+    assert (validation.n, validation.max_new_tokens, validation.temperature, validation.top_p) == (8, 8192, 0.6, 0.95)
+    assert validation.grading == "boxed_only"
+    assert validation.protocol_record()["overridden"] == []
+
+    # Explicit settings win over the protocol's, and the record says which.
+    custom = EvalConfig(model="Org/model", benchmarks=["aime24"], n=4, max_new_tokens=1024, grading="boxed_only")
+    assert (custom.n, custom.max_new_tokens, custom.grading, custom.temperature) == (4, 1024, "boxed_only", 0.6)
+    record = custom.protocol_record()
+    assert record["name"] == "paper" and record["defaults"]["n"] == 16 and record["used"]["n"] == 4
+    assert record["overridden"] == ["n", "max_new_tokens", "grading"]
+    # A value equal to the protocol's is no override; a copy of a resolved config keeps its values.
+    assert EvalConfig(**paper.to_dict()).protocol_record()["overridden"] == []
+
+    # On the command line the flags default to the protocol's values.
+    args = build_parser().parse_args(["--model", "Org/model"])
+    assert (args.protocol, args.n, args.max_new_tokens, args.grading, args.temperature) == (
+        "paper",
+        None,
+        None,
+        None,
+        None,
+    )
+    args = build_parser().parse_args(["--model", "Org/model", "--protocol", "validation", "--n", "2"])
+    assert (args.protocol, args.n) == ("validation", 2)
+
+    with pytest.raises(EvaluationError, match="Unknown --protocol 'deepmath'; choose one of paper, validation"):
+        EvalConfig(model="Org/model", benchmarks=["aime24"], protocol="deepmath")
+    with pytest.raises(EvaluationError, match="Unknown --grading 'lenient'"):
+        EvalConfig(model="Org/model", benchmarks=["aime24"], grading="lenient")
+
+
+class FallbackBackend:
+    """Answers every problem with `texts` (one per sample), so the grading of each protocol can be seen in a run."""
+
+    name = "fallback"
+
+    def __init__(self, tokenizer, texts):
+        self.tokenizer = tokenizer
+        self.texts = texts
+
+    def generate(self, prompt_ids, sampling, seeds):
+        assert sampling.n == len(self.texts)
+        return [[Generation(text, num_tokens=len(text), truncated=False) for text in self.texts] for _ in prompt_ids]
+
+
+def test_protocol_is_recorded_and_a_resume_cannot_mix_protocols(char_tokenizer, tmp_path, capsys):
+    texts = [text for text, _, _ in FALLBACK_CASES]
+    base = dict(
+        model="Org/scripted-model",
+        backend="transformers",
+        benchmarks=["aime24"],
+        data_dir=str(FIXTURES),
+        n=len(texts),
+        limit=1,
+        plot=False,
+    )
+    runs = {}
+    for protocol in ("paper", "validation"):
+        config = EvalConfig(**base, protocol=protocol, output_dir=str(tmp_path / protocol))
+        runs[protocol] = evaluate(config, backend=FallbackBackend(char_tokenizer, texts), progress=False)
+        stored = json.loads((tmp_path / protocol / "results.json").read_text())
+        assert stored["protocol"]["name"] == stored["config"]["protocol"] == protocol
+        # 8 samples: the validation protocol's own n, an override of the paper's 16.
+        assert stored["protocol"]["overridden"] == (["n"] if protocol == "paper" else [])
+        record = read_records_file(tmp_path / protocol / RECORDS_FILE)[0]
+        expected = [got for _, _, got in FALLBACK_CASES] if protocol == "paper" else None
+        if expected is not None:
+            assert record["matched_by"] == [m for _, _, m in expected]
+            assert record["correct"] == [ok for ok, _, _ in expected]
+        else:
+            assert record["correct"] == [ok for _, ok, _ in FALLBACK_CASES]
+    assert runs["paper"]["config"]["grading"] == "with_fallbacks"
+    assert runs["validation"]["config"]["grading"] == "boxed_only"
+    assert runs["paper"]["scores"]["AIME24"]["avg_at_n"] == pytest.approx(6 / 8)
+    assert runs["validation"]["scores"]["AIME24"]["avg_at_n"] == pytest.approx(1 / 8)
+    assert "protocol: paper (grading: with_fallbacks)" in (tmp_path / "paper" / "results.md").read_text()
+    capsys.readouterr()
+
+    # Resuming a run under another protocol, or another grading, is refused and names what differs.
+    backend = FallbackBackend(char_tokenizer, texts)
+    other = EvalConfig(**base, protocol="validation", output_dir=str(tmp_path / "paper"))
+    with pytest.raises(EvaluationError, match="protocol: 'paper' there, 'validation' now; grading: 'with_fallbacks'"):
+        evaluate(other, backend=backend, progress=False)
+    regraded = EvalConfig(**base, grading="boxed_only", output_dir=str(tmp_path / "paper"))
+    with pytest.raises(EvaluationError, match=r"different settings \(grading: 'with_fallbacks' there, 'boxed_only'"):
+        evaluate(regraded, backend=backend, progress=False)
+    # The same protocol resumes (nothing is left to generate).
+    evaluate(EvalConfig(**base, output_dir=str(tmp_path / "paper")), backend=backend, progress=False)
+
+    # A folder written before protocols existed holds a `validation` run with boxed-only grading.
+    legacy = tmp_path / "validation" / "run_config.json"
+    key = json.loads(legacy.read_text())
+    legacy.write_text(json.dumps({k: v for k, v in key.items() if k not in ("protocol", "grading")}))
+    evaluate(EvalConfig(**base, protocol="validation", output_dir=str(tmp_path / "validation")), backend=backend)
+    with pytest.raises(EvaluationError, match="protocol: 'validation' there, 'paper' now"):
+        evaluate(EvalConfig(**base, output_dir=str(tmp_path / "validation")), backend=backend, progress=False)
+    capsys.readouterr()
+
+    # Comparing runs of different protocols is refused unless asked for.
+    assert main(["--compare", str(tmp_path / "paper"), str(tmp_path / "paper")]) == 0
+    assert "protocol: paper (grading: with_fallbacks)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--compare", str(tmp_path / "paper"), str(tmp_path / "validation")])
+    assert "Cannot compare runs evaluated under different protocols" in capsys.readouterr().err
+    assert main(["--compare", str(tmp_path / "paper"), str(tmp_path / "validation"), "--allow_mixed_protocols"]) == 0
+    out = capsys.readouterr().out
+    assert "Warning: mixed protocols" in out and "| AIME24 | 75.0 | 12.5 |" in out

@@ -3,7 +3,9 @@ Evaluation harness for the benchmarks of the HPT paper (arXiv 2509.04419), follo
 
 `python -m hpt_trl.evaluation --model <path or Hub id> --benchmarks all` samples `n` responses per problem on vLLM (or
 transformers), grades them with the project's verifier, and reports avg@n (the paper's score), pass@k, mean response
-length and the share of truncated responses. Everything here imports without torch; the backends load it on use.
+length and the share of truncated responses. The default `--protocol paper` follows the evaluation of the paper's
+table (DeepMath's `uni_eval.py`: 16 samples, 32768 new tokens, grading with fallbacks); `--protocol validation` is
+the authors' in-training validation (8 samples, 8192 tokens, boxed answer only). Everything here imports without torch; the backends load it on use.
 """
 
 from importlib import import_module
@@ -30,10 +32,18 @@ from .benchmarks import (
     parse_benchmark_args,
 )
 from .cli import main
-from .grading import extract_choice, grade_completion, grade_completions
+from .grading import (
+    GRADINGS,
+    extract_answer_is,
+    extract_choice,
+    grade_completion,
+    grade_completions,
+    grade_with_checks,
+)
 from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
 from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
-from .prompts import LLAMA_TEMPLATE, TEMPLATES, render_prompt
+from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, EvalProtocol, get_protocol
 from .report import compare_results, format_results_table, load_results, plot_pass_at_k
 
 
@@ -56,10 +66,15 @@ __all__ = [
     "BenchmarkCallback",
     "BenchmarkError",
     "BenchmarkSpec",
+    "DEFAULT_PROTOCOL",
     "EvalConfig",
+    "EvalProtocol",
     "EvaluationError",
+    "GRADINGS",
     "Generation",
+    "LLAMA_SUFFIX",
     "LLAMA_TEMPLATE",
+    "PROTOCOLS",
     "Problem",
     "SamplingConfig",
     "TEMPLATES",
@@ -68,11 +83,14 @@ __all__ = [
     "build_backend",
     "compare_results",
     "evaluate",
+    "extract_answer_is",
     "extract_choice",
     "format_results_table",
     "get_benchmark",
+    "get_protocol",
     "grade_completion",
     "grade_completions",
+    "grade_with_checks",
     "import_vllm",
     "load_benchmark",
     "load_results",

@@ -27,7 +27,8 @@ VLLM_INSTALL_HINT = (
 @dataclass(frozen=True)
 class SamplingConfig:
     """
-    Sampling settings shared by both backends. The defaults are the paper's: temperature 0.6, top-p 0.95, 8 samples.
+    Sampling settings shared by both backends. The defaults are the authors' in-training validation (temperature 0.6,
+    top-p 0.95, 8 samples, 8192 tokens); `hpt-eval` takes its values from the evaluation protocol (`protocols.py`).
 
     Args:
         n (`int`, *optional*, defaults to `8`):

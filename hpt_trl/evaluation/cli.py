@@ -5,14 +5,20 @@ import sys
 
 from .backends import BACKENDS, DTYPES
 from .benchmarks import BENCHMARK_GROUPS, BENCHMARKS, SOURCES, BenchmarkError
+from .grading import GRADINGS
 from .harness import EvalConfig, EvaluationError, evaluate
 from .prompts import TEMPLATES
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .report import compare_results, load_results, plot_pass_at_k
 
 
 _EXAMPLES = """examples:
-  # the paper's table (8 benchmarks, 8 samples at temperature 0.6, top-p 0.95, 8192 new tokens) on vLLM
-  hpt-eval --model <org>/<hpt-checkpoint> --benchmarks all --n 8 --tensor_parallel_size 2 --output_dir eval/hpt-7b
+  # the paper's table on vLLM: 8 benchmarks, the default --protocol paper (DeepMath's uni_eval.py, which the authors
+  # evaluate with: 16 samples at temperature 0.6, top-p 0.95, 32768 new tokens, grading with fallbacks)
+  hpt-eval --model <org>/<hpt-checkpoint> --benchmarks all --tensor_parallel_size 2 --output_dir eval/hpt-7b
+
+  # the authors' in-training validation (8 samples, 8192 new tokens, boxed answer only, as the training reward)
+  hpt-eval --model out/checkpoint-500 --benchmarks aime24 amc23 math500 --protocol validation
 
   # pass@k up to k = 1024 on AIME24 / AIME25 from local files
   hpt-eval --model out/checkpoint-500 --benchmarks aime24 aime25 --n 1024 --data_dir ../shared/benchmarks
@@ -54,15 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--template",
         choices=TEMPLATES,
         default="chat",
-        help="chat: the tokenizer's chat template, one user turn (Qwen); llama: 'Question:/Answer:' text; none: raw.",
+        help="The training template (hpt_trl.prompts): chat: the tokenizer's chat template, one user turn (Qwen); "
+        "llama: the authors' 'Question:/Answer:' text with their boxed-answer suffix (Llama-3.1-8B); none: raw.",
     )
     run.add_argument("--instruction", help="Text appended to each problem (the authors' evaluation adds none).")
     run.add_argument("--system_prompt", help="A system turn for --template chat (the authors' evaluation has none).")
-    run.add_argument("--n", type=int, default=8, help="Samples per problem (default: 8).")
-    run.add_argument("--temperature", type=float, default=0.6, help="Sampling temperature; 0 = greedy (default: 0.6).")
-    run.add_argument("--top_p", type=float, default=0.95, help="Nucleus sampling (default: 0.95).")
+    run.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default=DEFAULT_PROTOCOL,
+        help="Evaluation protocol, which sets --n, --max_new_tokens, --temperature, --top_p and --grading unless "
+        "they are given: "
+        + "; ".join(f"{name}: {protocol.description}" for name, protocol in PROTOCOLS.items())
+        + f" (default: {DEFAULT_PROTOCOL}).",
+    )
+    run.add_argument(
+        "--grading",
+        choices=GRADINGS,
+        help="Math grading: boxed_only (the last \\boxed{} answer, as the training reward) or with_fallbacks (boxed, "
+        "else 'The answer is:', else math-verify over the whole response) (default: the protocol's).",
+    )
+    run.add_argument("--n", type=int, help="Samples per problem (default: the protocol's, 16 paper, 8 validation).")
+    run.add_argument(
+        "--temperature", type=float, help="Sampling temperature; 0 = greedy (default: the protocol's, 0.6)."
+    )
+    run.add_argument("--top_p", type=float, help="Nucleus sampling (default: the protocol's, 0.95).")
     run.add_argument("--top_k", type=int, default=-1, help="Top-k sampling, -1 = off (default: -1).")
-    run.add_argument("--max_new_tokens", type=int, default=8192, help="Response token limit (default: 8192).")
+    run.add_argument(
+        "--max_new_tokens",
+        type=int,
+        help="Response token limit (default: the protocol's, 32768 paper, 8192 validation; the model's context may "
+        "end a response first).",
+    )
     run.add_argument("--seed", type=int, default=0, help="Base seed (default: 0).")
     run.add_argument("--dtype", choices=DTYPES, default="auto", help="Weights dtype (default: auto).")
     run.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model (default: 1).")
@@ -97,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric", default="avg", help="With --compare: avg, pass@<k>, length or truncated (default: avg)."
     )
     compare.add_argument("--plot", metavar="PNG", help="With --compare: also draw the runs' pass@k curves here.")
+    compare.add_argument(
+        "--allow_mixed_protocols",
+        action="store_true",
+        help="With --compare: print runs evaluated under different protocols or gradings (refused otherwise).",
+    )
     return parser
 
 
@@ -117,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         try:
             runs = [load_results(path) for path in args.compare]
-            print(compare_results(runs, metric=args.metric))
+            print(compare_results(runs, metric=args.metric, allow_mixed_protocols=args.allow_mixed_protocols))
             if args.plot:
                 print(f"pass@k curves: {plot_pass_at_k(runs, args.plot)}")
         except (FileNotFoundError, ValueError, ImportError) as error:
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             template=args.template,
             instruction=args.instruction,
             system_prompt=args.system_prompt,
+            protocol=args.protocol,
+            grading=args.grading,
             n=args.n,
             temperature=args.temperature,
             top_p=args.top_p,

@@ -12,9 +12,17 @@ from pathlib import Path
 
 from .backends import BACKENDS, DTYPES, GenerationBackend, SamplingConfig, build_backend
 from .benchmarks import SOURCES, Problem, load_benchmark, parse_benchmark_args
-from .grading import grade_completions
+from .grading import GRADINGS, grade_with_checks
 from .metrics import summarize_records
 from .prompts import TEMPLATES, render_prompt
+from .protocols import (
+    DEFAULT_PROTOCOL,
+    LEGACY_GRADING,
+    LEGACY_PROTOCOL,
+    PROTOCOL_SETTINGS,
+    PROTOCOLS,
+    get_protocol,
+)
 
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -22,11 +30,14 @@ RECORDS_FILE = "records.jsonl"
 RESULTS_FILE = "results.json"
 MARKDOWN_FILE = "results.md"
 PLOT_FILE = "pass_at_k.png"
-FORMAT_VERSION = 1
+# 2: records carry `matched_by`, results carry `protocol` (format 1 runs used the `validation` protocol's grading).
+FORMAT_VERSION = 2
 
-# Settings that change what is generated: a run resumes only when all of them match. The rest (batch size, limit,
-# output options, GPU settings) only change how the same samples are produced or reported.
+# Settings that change what is generated or how it is graded: a run resumes only when all of them match. The rest
+# (batch size, limit, output options, GPU settings) only change how the same samples are produced or reported.
 RESUME_FIELDS = (
+    "protocol",
+    "grading",
     "model",
     "backend",
     "template",
@@ -68,16 +79,24 @@ class EvalConfig:
             Text appended to every problem (none in the authors' evaluation).
         system_prompt (`str`, *optional*):
             A system turn for the chat template (none in the authors' evaluation).
-        n (`int`, *optional*, defaults to `8`):
-            Samples per problem.
-        temperature (`float`, *optional*, defaults to `0.6`):
-            Sampling temperature (0 = greedy).
-        top_p (`float`, *optional*, defaults to `0.95`):
-            Nucleus sampling mass.
+        protocol (`str`, *optional*, defaults to `"paper"`):
+            The evaluation protocol (see `hpt_trl.evaluation.protocols`): `"paper"`, the protocol of the paper's table
+            (DeepMath's `uni_eval.py`: n = 16, 32768 new tokens, grading with fallbacks), or `"validation"`, the
+            authors' in-training validation (n = 8, 8192 new tokens, boxed answer only). It sets `n`,
+            `max_new_tokens`, `temperature`, `top_p` and `grading` where they are left unset (`None`).
+        grading (`str`, *optional*):
+            `"boxed_only"` or `"with_fallbacks"` (see `hpt_trl.evaluation.grading`); defaults to the protocol's.
+        n (`int`, *optional*):
+            Samples per problem; defaults to the protocol's (16 `paper`, 8 `validation`).
+        temperature (`float`, *optional*):
+            Sampling temperature (0 = greedy); defaults to the protocol's (0.6).
+        top_p (`float`, *optional*):
+            Nucleus sampling mass; defaults to the protocol's (0.95).
         top_k (`int`, *optional*, defaults to `-1`):
             Top-k filtering, -1 disables it.
-        max_new_tokens (`int`, *optional*, defaults to `8192`):
-            Response token limit.
+        max_new_tokens (`int`, *optional*):
+            Response token limit; defaults to the protocol's (32768 `paper`, 8192 `validation`). The model's
+            context (vLLM's `max_model_len`) may end a response earlier; it then counts as truncated.
         seed (`int`, *optional*, defaults to `0`):
             Base seed; problem `i` is sampled with seed `seed + i` on vLLM.
         dtype (`str`, *optional*, defaults to `"auto"`):
@@ -111,11 +130,13 @@ class EvalConfig:
     template: str = "chat"
     instruction: str | None = None
     system_prompt: str | None = None
-    n: int = 8
-    temperature: float = 0.6
-    top_p: float = 0.95
+    protocol: str = DEFAULT_PROTOCOL
+    grading: str | None = None
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     top_k: int = -1
-    max_new_tokens: int = 8192
+    max_new_tokens: int | None = None
     seed: int = 0
     dtype: str = "auto"
     tensor_parallel_size: int = 1
@@ -145,8 +166,20 @@ class EvalConfig:
         if not self.benchmarks:
             raise EvaluationError("No benchmark given: pass names with --benchmarks (e.g. `math`, `aime24 math500`).")
         parse_benchmark_args(self.benchmarks)  # unknown names fail here, before any file or model is touched
+        try:
+            protocol = get_protocol(self.protocol)
+        except ValueError as error:
+            raise EvaluationError(str(error)) from error
+        # The protocol fills what was left unset; settings given another value than the protocol's are recorded.
+        self._overridden = []
+        for name, value in protocol.settings().items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+            elif getattr(self, name) != value:
+                self._overridden.append(name)
         for name, value, choices in (
             ("backend", self.backend, BACKENDS),
+            ("grading", self.grading, GRADINGS),
             ("template", self.template, TEMPLATES),
             ("dtype", self.dtype, DTYPES),
             ("source", self.source, SOURCES),
@@ -185,6 +218,20 @@ class EvalConfig:
             seed=self.seed,
         )
 
+    def protocol_record(self) -> dict:
+        """
+        What `results.json` records of the protocol: its name and description, the values it sets, the values this
+        run used, and which of them were overridden.
+        """
+        protocol = PROTOCOLS[self.protocol]
+        return {
+            "name": protocol.name,
+            "description": protocol.description,
+            "defaults": protocol.settings(),
+            "used": {name: getattr(self, name) for name in PROTOCOL_SETTINGS},
+            "overridden": list(getattr(self, "_overridden", [])),
+        }
+
     def resume_key(self) -> dict:
         """The settings a resumed run must share, with a local model path made absolute."""
         key = {name: getattr(self, name) for name in RESUME_FIELDS}
@@ -210,6 +257,9 @@ def _check_or_write_run_config(config: EvalConfig, output_dir: Path) -> None:
     current = config.resume_key()
     if path.is_file():
         stored = json.loads(path.read_text())
+        # Written before protocols existed: that harness used the `validation` values and boxed-only grading.
+        stored.setdefault("protocol", LEGACY_PROTOCOL)
+        stored.setdefault("grading", LEGACY_GRADING)
         differing = [name for name in RESUME_FIELDS if stored.get(name) != current[name]]
         if differing:
             details = "; ".join(f"{name}: {stored.get(name)!r} there, {current[name]!r} now" for name in differing)
@@ -262,7 +312,7 @@ def read_records_file(path: str | os.PathLike) -> list[dict]:
 
 
 def _make_record(problem: Problem, prompt_text: str, generations, graded, save_completions: bool) -> dict:
-    correct = [ok for ok, _ in graded]
+    correct = [ok for ok, _, _ in graded]
     record = {
         "benchmark": problem.benchmark,
         "index": problem.index,
@@ -272,7 +322,8 @@ def _make_record(problem: Problem, prompt_text: str, generations, graded, save_c
         "n": len(generations),
         "num_correct": sum(correct),
         "correct": correct,
-        "extracted": [extracted for _, extracted in graded],
+        "extracted": [extracted for _, extracted, _ in graded],
+        "matched_by": [matched_by for _, _, matched_by in graded],
         "response_lengths": [g.num_tokens for g in generations],
         "truncated": [g.truncated for g in generations],
     }
@@ -380,7 +431,9 @@ def evaluate(
                     )
                 new_records = []
                 for problem, (prompt_text, _), generations in zip(batch, rendered, outputs):
-                    graded = grade_completions(problem, [g.text for g in generations], config.grading_timeout)
+                    graded = grade_with_checks(
+                        problem, [g.text for g in generations], config.grading_timeout, config.grading
+                    )
                     record = _make_record(problem, prompt_text, generations, graded, config.save_completions)
                     records_file.write(json.dumps(record) + "\n")
                     done[(name, problem.index)] = record
@@ -410,6 +463,7 @@ def build_results(
         records[name] = [{k: v for k, v in r.items() if k not in ("prompt", "completions")} for r in benchmark_records]
     return {
         "format_version": FORMAT_VERSION,
+        "protocol": config.protocol_record(),
         "config": config.to_dict() | {"model_resolved": config.resume_key()["model"]},
         "elapsed_seconds": elapsed_seconds,
         "scores": scores,

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .benchmarks import BENCHMARKS, MATH
+from .protocols import LEGACY_GRADING, LEGACY_PROTOCOL
 
 
 _DISPLAY_ORDER = [spec.name for spec in BENCHMARKS.values()]
@@ -37,6 +38,15 @@ def load_results(path: str | os.PathLike) -> dict:
     return results
 
 
+def run_protocol(results: dict) -> tuple[str, str]:
+    """
+    The `(protocol, grading)` a run was evaluated under; a results file written before protocols existed used the
+    `validation` protocol's grading (last boxed answer only).
+    """
+    config = results.get("config", {})
+    return config.get("protocol", LEGACY_PROTOCOL), config.get("grading", LEGACY_GRADING)
+
+
 def _ordered(names) -> list[str]:
     names = list(dict.fromkeys(names))
     known = [name for name in _DISPLAY_ORDER if name in names]
@@ -66,10 +76,11 @@ def format_results_table(results: dict) -> str:
     """
     config, scores = results.get("config", {}), results["scores"]
     names = _ordered(scores)
+    protocol, grading = run_protocol(results)
     header = (
         f"Model: `{config.get('model')}` | backend: {config.get('backend')} | template: {config.get('template')} | "
-        f"n={config.get('n')}, temperature={config.get('temperature')}, top_p={config.get('top_p')}, "
-        f"max_new_tokens={config.get('max_new_tokens')}"
+        f"protocol: {protocol} (grading: {grading}) | n={config.get('n')}, temperature={config.get('temperature')}, "
+        f"top_p={config.get('top_p')}, max_new_tokens={config.get('max_new_tokens')}"
     )
     if config.get("limit") is not None:
         header += f" | only the first {config['limit']} problems of each benchmark"
@@ -149,9 +160,14 @@ def run_labels(runs: list[dict]) -> list[str]:
     return labels
 
 
-def compare_results(runs: list[dict], metric: str = "avg", labels: list[str] | None = None) -> str:
+def compare_results(
+    runs: list[dict], metric: str = "avg", labels: list[str] | None = None, allow_mixed_protocols: bool = False
+) -> str:
     """
     Render several runs side by side: one row per benchmark, one column per run.
+
+    Runs evaluated under different protocols or gradings (see `hpt_trl.evaluation.protocols`) are not comparable
+    score for score, so they are refused unless `allow_mixed_protocols=True`, which prints them with a warning line.
 
     Args:
         runs (`list[dict]`):
@@ -160,22 +176,38 @@ def compare_results(runs: list[dict], metric: str = "avg", labels: list[str] | N
             `"avg"` (avg@n), `"pass@<k>"`, `"length"` (mean response tokens) or `"truncated"` (%).
         labels (`list[str]`, *optional*):
             Column headers; by default derived from the model names.
+        allow_mixed_protocols (`bool`, *optional*, defaults to `False`):
+            Compare runs of different protocols or gradings anyway.
 
     Returns:
         `str`: The markdown table, with a closing average over the math benchmarks every run has.
     """
     if not runs:
         raise ValueError("Nothing to compare: pass two or more results.json files (or output folders).")
+    labels = labels or run_labels(runs)
+    protocols = [run_protocol(run) for run in runs]
+    mixed = len(set(protocols)) > 1
+    details = "; ".join(
+        f"{label}: protocol {protocol}, grading {grading}" for label, (protocol, grading) in zip(labels, protocols)
+    )
+    if mixed and not allow_mixed_protocols:
+        raise ValueError(
+            f"Cannot compare runs evaluated under different protocols ({details}): their scores differ by protocol as "
+            "well as by model. Evaluate them under one --protocol (and --grading), or pass --allow_mixed_protocols."
+        )
     if metric not in ("avg", "length", "truncated") and not (
         metric.startswith("pass@") and metric.removeprefix("pass@").isdigit()
     ):
         raise ValueError(f"Unknown --metric {metric!r}; use avg, pass@<k> (e.g. pass@8), length or truncated.")
-    labels = labels or run_labels(runs)
     names = _ordered(name for run in runs for name in run["scores"])
     title = {"avg": "avg@n (%)", "length": "mean response length (tokens)", "truncated": "truncated (%)"}.get(
         metric, f"{metric} (%)"
     )
-    lines = [f"Comparison: {title}", "", _row(["Benchmark", *labels]), _row(["---", *["---:"] * len(labels)])]
+    title += f" | protocol: {protocols[0][0]} (grading: {protocols[0][1]})" if not mixed else ""
+    lines = [f"Comparison: {title}", ""]
+    if mixed:
+        lines += [f"Warning: mixed protocols ({details}).", ""]
+    lines += [_row(["Benchmark", *labels]), _row(["---", *["---:"] * len(labels)])]
     for name in names:
         cells = [_metric_value(run["scores"][name], metric) if name in run["scores"] else "-" for run in runs]
         lines.append(_row([name, *cells]))
