@@ -270,6 +270,11 @@ class HPTConfig(GRPOConfig):
             raise ValueError(f"gate_reward must be a non-negative index into reward_funcs, got {self.gate_reward}.")
         if isinstance(self.gate_reward, str) and not self.gate_reward.strip():
             raise ValueError("gate_reward is empty: set it to a reward function's name or index (default 0).")
+        if not math.isfinite(self.correct_threshold):
+            raise ValueError(
+                f"correct_threshold must be a finite number (the gate reward a correct rollout reaches, e.g. 1.0), got "
+                f"{self.correct_threshold}: with NaN no rollout would count as correct and every prompt would go to SFT."
+            )
         for name in ("sft_loss_coef", "rl_loss_coef"):
             value = getattr(self, name)
             if not value >= 0.0:  # also rejects NaN

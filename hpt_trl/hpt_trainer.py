@@ -20,6 +20,7 @@ from .demonstration_losses import (
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
 from .gating import AdaptiveGamma, assign_rows, count_correct_rollouts, gate_coefficients, select_rows
 from .hpt_config import HPTConfig
+from .input_checks import check_dataset_columns, resolve_gate_reward, reward_function_names
 from .packing import Sequence, plan_forward, sequences_from_batch, split_scored, to_rectangle
 from .sampler import EpochSeededRepeatSampler
 
@@ -101,12 +102,15 @@ class HPTTrainer(GRPOTrainer):
             )
         if args.uses_demonstrations and train_dataset is not None:
             validate_demonstration_column(train_dataset, args.demonstration_column)
+        if train_dataset is not None and kwargs.get("rollout_func") is None:  # a rollout_func may add columns
+            check_dataset_columns(train_dataset, reward_funcs)
+        gate_reward_index = resolve_gate_reward(args.gate_reward, reward_function_names(reward_funcs))
 
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
 
         self.gamma = args.gamma
         self.uses_demonstrations = args.uses_demonstrations
-        self.gate_reward_index = self._resolve_gate_reward(args.gate_reward)
+        self.gate_reward_index = gate_reward_index
         self.adaptive_gamma = None
         if args.gate_strategy == "adaptive":
             self.adaptive_gamma = AdaptiveGamma(
@@ -202,22 +206,6 @@ class HPTTrainer(GRPOTrainer):
                 )
             self._metrics["train"]["hpt/skipped_update"].append(float(skip))
         return grad_norm
-
-    def _resolve_gate_reward(self, gate_reward: str | int) -> int:
-        names = self.reward_func_names
-        if isinstance(gate_reward, int):
-            if gate_reward >= len(names):
-                raise ValueError(
-                    f"gate_reward={gate_reward} but there are {len(names)} reward functions {names}: set gate_reward "
-                    "to the index or name of the one that says whether a rollout is correct."
-                )
-            return gate_reward
-        if gate_reward not in names:
-            raise ValueError(
-                f"gate_reward={gate_reward!r} names no reward function; the reward functions are {names}. Set "
-                "gate_reward to one of these names or to an index."
-            )
-        return names.index(gate_reward)
 
     def _set_signature_columns_if_needed(self):
         # With `remove_unused_columns=True`, the demonstrations must survive the column pruning.
@@ -461,14 +449,43 @@ class HPTTrainer(GRPOTrainer):
         totals = self.accelerator.reduce(torch.stack([v for pair in sums.values() for v in pair]), reduction="sum")
         totals = dict(zip(sums, totals.view(-1, 2), strict=True))
         if totals["hpt/rl_loss"][1] == 0:
-            # No process forwarded an RL row: TRL's metrics of this micro-batch (entropy, clip ratios) describe no
-            # token, so they are withdrawn rather than averaged in as zeros.
-            for key in list(metrics):
-                del metrics[key][logged_before.get(key, 0) :]
+            # No process forwarded an RL row: TRL's token metrics of this micro-batch (entropy, clip ratios, KL)
+            # describe no token, so they are withdrawn rather than averaged in as zeros; a step with none logs 0.
+            # The aux loss (it acts on the demonstrations too), policy_loss and entropy_coef stay.
+            for key in self._rl_token_metric_keys():
+                if key in metrics:
+                    del metrics[key][logged_before.get(key, 0) :]
         for key, (total, count) in totals.items():
             if count > 0:
                 metrics[key].append((total / count).item())
         return loss
+
+    def _rl_token_metric_keys(self) -> tuple[str, ...]:
+        """The metrics TRL's loss measures over the RL tokens of a micro-batch, for this config."""
+        keys = ["entropy"] + (["kl"] if self.beta != 0.0 else [])
+        if self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+            keys += [f"clip_ratio/{name}" for name in ("low_mean", "high_mean", "region_mean", "low_min", "high_max")]
+        elif self.loss_type == "cispo":
+            keys.append("cispo_clip_ratio")
+        elif self.loss_type == "vespo":
+            keys.append("vespo/phi_seq_mean")
+        return tuple(keys)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # A step where every prompt was gated trained no RL token: its RL token metrics and RL term are 0, not
+        # missing (likewise the demonstration terms of a step without demonstrations), so that every key TRL and HPT
+        # log for this config is in every step's log.
+        metrics = self._metrics["train"]
+        if self.model.training and any(metrics.values()):
+            terms = ["hpt/rl_loss"]
+            if self.uses_demonstrations:
+                terms += {"sft": ["hpt/sft_loss"], "off_policy": ["hpt/off_policy_loss"]}.get(
+                    self.args.demonstration_loss, ["hpt/sft_loss", "hpt/off_policy_loss"]
+                )
+            for key in (*self._rl_token_metric_keys(), *terms):
+                if not metrics.get(key):
+                    metrics[key] = [0.0]
+        super().log(logs, start_time)
 
     def _entropy_bonus(self, inputs, request, rl_rows, demonstration_entropies, update_rows) -> torch.Tensor:
         """

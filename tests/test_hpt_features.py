@@ -4,6 +4,7 @@ rollout reuse (num_iterations), other temperatures, the authors' dataset schema 
 import pytest
 import torch
 from hpt_testing import (
+    NUM_GENERATIONS,
     length_parity_reward,
     make_config,
     make_dataset,
@@ -216,3 +217,133 @@ def test_model_card_names_hpt_and_the_paper(tiny_model_dir, tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "HPT" in card and "2509.04419" in card
     assert "hpt" in trainer.model.config.to_dict().get("tags", []) or "hpt" in card
+
+
+@pytest.fixture(scope="module")
+def tiny_moe_dir(tmp_path_factory):
+    """A tiny Qwen3-MoE (4 experts, 2 active) that returns its load-balancing loss, with the tiny tokenizer."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from hpt_trl.tiny_model import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = Qwen3MoeConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=32,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    folder = tmp_path_factory.mktemp("tiny-moe")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("model", ["dense", "moe"])
+def test_fully_gated_steps_log_every_key_grpo_logs(tiny_model_dir, tiny_moe_dir, tmp_path, model):
+    """
+    Every key TRL logs for a config is in every step's log, on steps where every prompt is gated too: the aux loss
+    (it acts on the demonstrations), policy_loss, entropy_coef (a setting), and the RL token metrics as 0.
+    """
+    model_dir = tiny_moe_dir if model == "moe" else tiny_model_dir
+    common = dict(max_steps=2, use_adaptive_entropy=True, entropy_target=10.0, skip_zero_advantage_rows=False)
+    grpo = HPTTrainer(
+        model_dir,
+        length_parity_reward,
+        args=make_config(tmp_path / "grpo", gamma=-1, **common),
+        train_dataset=make_dataset(),
+    )
+    grpo.train()
+    hpt = HPTTrainer(
+        model_dir,
+        length_parity_reward,
+        args=make_config(tmp_path / "sft", gamma=NUM_GENERATIONS, **common),  # every prompt gated, every step
+        train_dataset=make_dataset(),
+    )
+    hpt.train()
+    grpo_keys = {key for log in grpo.state.log_history[:-1] for key in log}
+    assert ("aux_loss" in grpo_keys) == (model == "moe") and {"policy_loss", "entropy_coef"} <= grpo_keys
+    for log in hpt.state.log_history[:-1]:  # the last entry is the run summary
+        assert log["hpt/sft_prompt_ratio"] == 1.0
+        missing = {key for key in grpo_keys if log.get(key) is None}
+        assert not missing, f"keys GRPO logs that HPT's fully gated step lacks: {sorted(missing)}"
+        assert log["entropy"] == 0.0 and log["clip_ratio/region_mean"] == 0.0  # no RL token was trained
+        if model == "moe":
+            assert log["aux_loss"] > 0  # the load-balancing loss that was applied, on the demonstrations
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model_dir(tmp_path_factory):
+    """A tiny sequence-classification reward model with the tiny tokenizer, loadable by name as TRL loads one."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    from hpt_trl.tiny_model import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-reward-model")
+    Qwen2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+FEATURE_FAMILIES = {
+    "several-rewards-weighted": dict(reward_weights=[1.0, 0.5]),
+    "reward-model": dict(),
+    "moe": dict(),
+    "mask-truncated-completions": dict(mask_truncated_completions=True, max_completion_length=6),
+    "log-completions": dict(log_completions=True),
+    "beta": dict(beta=0.1),
+    "num-iterations": dict(num_iterations=2),
+}
+
+
+@pytest.mark.parametrize("family", list(FEATURE_FAMILIES))
+def test_each_grpo_feature_family_trains_a_mixed_batch(
+    tiny_model_dir, tiny_moe_dir, tiny_reward_model_dir, tmp_path, family
+):
+    """Gated and RL prompts in one batch, with each family of GRPOTrainer features: both terms train."""
+    reward_funcs = [mixed_reward]
+    if family == "several-rewards-weighted":
+        reward_funcs.append(length_parity_reward)
+    if family == "reward-model":
+        reward_funcs.append(tiny_reward_model_dir)
+    model = tiny_moe_dir if family == "moe" else tiny_model_dir
+    options = {"max_completion_length": 16, **FEATURE_FAMILIES[family]}
+    args = make_config(tmp_path, gamma=0, max_steps=2, per_device_train_batch_size=32, **options)
+    trainer = HPTTrainer(model, reward_funcs, args=args, train_dataset=make_dataset())
+    batches, changed = train_and_check_both_terms(trainer)
+    assert changed
+    # Every generation batch holds the 8 prompts: the 4 odd ones gated, and the even ones with a correct rollout in RL.
+    ratios = [log["hpt/sft_prompt_ratio"] for log in trainer.state.log_history if "hpt/sft_prompt_ratio" in log]
+    assert ratios and all(0.5 <= ratio < 1 for ratio in ratios), ratios
+    kinds = torch.cat([batch["hpt_row_kind"] for batch in batches])
+    assert (kinds == RL_ROW).any() and (kinds == DEMONSTRATION_ROW).any()
+    if family == "moe":
+        assert all(log["aux_loss"] > 0 for log in trainer.state.log_history[:-1])
+    if family == "reward-model":
+        assert any(key.startswith("rewards/tiny-reward-model") for log in trainer.state.log_history for key in log)

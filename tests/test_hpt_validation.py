@@ -72,12 +72,35 @@ def test_bad_demonstration_rows(tiny_model_dir, tmp_path, monkeypatch, value, me
         HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=make_config(tmp_path), train_dataset=dataset)
 
 
-def test_gate_reward_naming_no_reward_function(tiny_model_dir, tmp_path, monkeypatch):
-    trainer_that_must_not_generate(monkeypatch)
+def test_gate_reward_naming_no_reward_function(tmp_path):
+    # No model at that path: the error must come before the model is loaded.
     for gate_reward, message in (("accuracy", r"names no reward function.*odd_prompts_wrong"), (3, "there are 1")):
         args = make_config(tmp_path, gate_reward=gate_reward)
         with pytest.raises(ValueError, match=message):
-            HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+            HPTTrainer(str(tmp_path / "no-model"), odd_prompts_wrong, args=args, train_dataset=make_dataset())
+
+
+def test_nan_correct_threshold_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="correct_threshold must be a finite number"):
+        make_config(tmp_path, correct_threshold=float("nan"))
+
+
+def test_columns_the_rewards_and_trl_need_are_checked_before_the_model_loads(tmp_path):
+    from hpt_trl.rewards import accuracy_reward
+
+    no_model = str(tmp_path / "no-model")
+    with pytest.raises(ValueError, match=r"'accuracy_reward' takes \['solution'\].*--dataset_solution_column"):
+        HPTTrainer(no_model, accuracy_reward, args=make_config(tmp_path), train_dataset=make_dataset())
+    without_prompt = make_dataset().rename_column("prompt", "question")
+    with pytest.raises(ValueError, match="no 'prompt' column.*--dataset_prompt_column"):
+        HPTTrainer(no_model, odd_prompts_wrong, args=make_config(tmp_path), train_dataset=without_prompt)
+    # A parameter with a default, or one TRL supplies, is not a column the dataset must have.
+
+    def optional_solution(completions, prompts, trainer_state, solution=None, **kwargs):
+        return [0.0] * len(completions)
+
+    with pytest.raises(OSError):  # past the checks: the (missing) model is what fails now
+        HPTTrainer(no_model, optional_solution, args=make_config(tmp_path), train_dataset=make_dataset())
 
 
 def test_gate_reward_by_name_picks_that_function(tiny_model_dir, tmp_path):

@@ -25,7 +25,9 @@ def test_an_rl_token_weighs_the_authors_share_of_a_demonstration_token(recipe):
     assert result["rl_weights"] and len(result["demo_weights"]) >= 2
     # Every RL token weighs |A| / (N * L): Dr. GRPO over the update's rows, whatever the micro-batch.
     for weights in result["rl_weights"]:
-        assert min(abs(abs(float(w)) * rows * length - abs(a)) for w in weights[:1] for a in result["advantages"]) < 1e-4
+        assert (
+            min(abs(abs(float(w)) * rows * length - abs(a)) for w in weights[:1] for a in result["advantages"]) < 1e-4
+        )
     # A demonstration token weighs sft_loss_coef / (N * |d|): the ratio to an RL token is the authors' |d| / 8192.
     for weights in result["demo_weights"]:
         expected = knobs["sft_loss_coef"] / (rows * len(weights))
