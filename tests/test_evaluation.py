@@ -36,6 +36,7 @@ from hpt_trl.evaluation.harness import RECORDS_FILE, read_records_file
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 FIXTURE_COUNTS = {
     "aime24": 3,
@@ -276,10 +277,30 @@ def test_local_files_in_other_formats_and_explicit_paths(tmp_path):
 def test_eval_config_expands_a_home_relative_model_path(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
     config = EvalConfig(model="~/ckpt", benchmarks=["amc23"], data_dir=str(FIXTURES), backend="transformers")
     assert config.model == str(tmp_path / "ckpt")  # transformers would read "~/ckpt" as a Hub id
     with pytest.raises(EvaluationError, match="does not exist"):
         EvalConfig(model="~/missing", benchmarks=["amc23"], backend="transformers")
+
+
+def test_a_folder_without_a_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="folder without config.json, so it is not a model checkpoint"):
+        EvalConfig(model=str(tmp_path / "empty"), benchmarks=["amc23"], backend="transformers")
+
+
+def test_remote_benchmarks_name_the_extra_they_need(monkeypatch):
+    import importlib.util
+
+    from hpt_trl.evaluation import benchmarks
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "aiohttp" else real_find_spec(name))
+    with pytest.raises(BenchmarkError, match=r"needs aiohttp.*hpt-trl\[eval\]"):
+        benchmarks.load_benchmark("aime24")
+    extras = (ROOT / "pyproject.toml").read_text()
+    assert 'eval = ["requests>=2.31", "aiohttp>=3.9"]' in extras
 
 
 def test_loader_errors_name_the_problem(tmp_path):

@@ -25,3 +25,17 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     _, tests = setup_commands()
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_cpu_python_snippet_runs_as_written(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
+    snippet = re.findall(r"```python\n(.*?)\n```", section, flags=re.DOTALL)[0]
+    assert "use_cpu=True" in snippet
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2
+    assert any("hpt/sft_prompt_ratio" in log for log in trainer.state.log_history)

@@ -475,7 +475,16 @@ def load_benchmark(
 
 
 def _load_remote_rows(spec: BenchmarkSpec) -> list[dict]:
+    import importlib.util
+
     from datasets import load_dataset
+
+    missing = [name for name in ("requests", "aiohttp") if importlib.util.find_spec(name) is None]
+    if missing:  # datasets reads URLs through fsspec's HTTP filesystem, which needs both
+        raise BenchmarkError(
+            f"Downloading {spec.name} from {spec.remote_url} needs {' and '.join(missing)}: install them with "
+            "`pip install 'hpt-trl[eval]'`, or pass --data_dir with local copies of the files."
+        )
 
     builder = "parquet" if spec.remote_url.endswith(".parquet") else "json"
     try:

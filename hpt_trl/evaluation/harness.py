@@ -160,6 +160,12 @@ class EvalConfig:
             if not Path(self.model).expanduser().exists():
                 raise EvaluationError(f"--model {self.model!r} does not exist; pass a checkpoint folder or a Hub id.")
             self.model = str(Path(self.model).expanduser())  # transformers does not expand `~`
+        if Path(self.model).is_dir() and not (Path(self.model) / "config.json").is_file():
+            # Without this, transformers tries tokenizer after tokenizer and ends blaming sentencepiece.
+            raise EvaluationError(
+                f"--model {self.model!r} is a folder without config.json, so it is not a model checkpoint: pass the "
+                "folder that train.py saved (output_dir, or one of its checkpoint-N folders) or a Hub id."
+            )
         if isinstance(self.benchmarks, str):
             self.benchmarks = [self.benchmarks]
         self.benchmarks = list(self.benchmarks)
