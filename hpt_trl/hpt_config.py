@@ -357,7 +357,7 @@ class HPTConfig(GRPOConfig):
         if threshold is not None and uses_deepspeed:
             raise ValueError(
                 f"grad_norm_skip_threshold={threshold} cannot act under DeepSpeed, which takes the optimizer step inside "
-                "its backward, before the norm is known here. Launch with accelerate_configs/fsdp.yaml (or DDP), or "
+                "its backward, before the norm is known here. Launch with accelerate_configs/fsdp2.yaml (or DDP), or "
                 "unset grad_norm_skip_threshold."
             )
 

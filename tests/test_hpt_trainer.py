@@ -50,9 +50,16 @@ def test_gamma_minus_one_is_grpo(tiny_model_dir, tmp_path, cost_options, exact):
             torch.testing.assert_close(hpt_after[name], grpo_after[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
-    """Every prompt gated: one plain-SGD step must equal a step on the NLL gradient of the demonstrations."""
-    lr = 0.5
+@pytest.mark.parametrize(
+    "entropy", [None, "rollouts", "rollouts_and_demonstrations"], ids=["no-bonus", "bonus-on-rollouts", "bonus-on-all"]
+)
+def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path, entropy):
+    """
+    Every prompt gated: one plain-SGD step must equal a step on the demonstrations' NLL (each one's token mean, over
+    the update's rows), minus the entropy bonus `coef * sum H / (rows * max_completion_length)` where it covers them.
+    """
+    lr, coef = 0.5, 0.3
+    bonus = {} if entropy is None else dict(entropy_coef=coef, entropy_coverage=entropy)
     args = make_config(
         tmp_path,
         gamma=NUM_GENERATIONS,
@@ -63,6 +70,7 @@ def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
         weight_decay=0.0,
         max_grad_norm=0.0,  # no clipping: the update is exactly -lr * gradient
         max_completion_length=64,
+        **bonus,
     )
     trainer = HPTTrainer(tiny_model_dir, length_parity_reward, args=args, train_dataset=make_dataset())
     batches = record_generation_batches(trainer)
@@ -73,9 +81,10 @@ def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
     # Independently: the prompts of the step, chat-templated, + demonstration + EOS; each demonstration's token-mean
     # NLL, summed and divided by the rollout rows of the update (HPTConfig's formula), one gradient.
     pids = sorted(set(batches[0]["pids"]))
+    rows = len(batches[0]["pids"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    total_nll = 0.0
+    objective = 0.0
     for pid in pids:
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{pid}+{pid}="}], add_generation_prompt=True, tokenize=True, return_dict=True
@@ -83,12 +92,47 @@ def test_gamma_n_is_sft_on_demonstration_tokens(tiny_model_dir, tmp_path):
         demo = tokenizer(demonstration_for(pid), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + demo])
         logits = model(ids).logits[0, len(prompt) - 1 : -1]
-        total_nll = total_nll + torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="mean")
-    (total_nll / len(batches[0]["pids"])).backward()
+        objective = objective + torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :]) / rows
+        if entropy == "rollouts_and_demonstrations":
+            logprobs = logits.log_softmax(-1)
+            token_entropy = -(logprobs.exp() * logprobs).sum(-1)
+            objective = objective - coef * token_entropy.sum() / (rows * args.max_completion_length)
+    objective.backward()
     for name, param in model.named_parameters():
         expected = before[name] - lr * param.grad
         torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6, msg=name)
     assert trainer.state.log_history[0]["hpt/sft_prompt_ratio"] == 1.0
+
+
+def test_an_update_above_the_skip_threshold_changes_nothing(tiny_model_dir, tmp_path):
+    """grad_norm_skip_threshold: no parameter, Adam moment or step count changes; below it the update happens."""
+    results = {}
+    for threshold in (1e-9, 1e9):
+        args = make_config(
+            tmp_path / str(threshold),
+            gamma=0,
+            max_steps=2,
+            per_device_train_batch_size=32,
+            grad_norm_skip_threshold=threshold,
+        )
+        trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
+        before = parameters(trainer.model)
+        trainer.train()
+        after = parameters(trainer.model)
+        changed = [name for name in after if not torch.equal(before[name], after[name])]
+        adam_steps = [float(state["step"]) for state in trainer.optimizer.state.values() if "step" in state]
+        skipped = [log["hpt/skipped_update"] for log in trainer.state.log_history if "hpt/skipped_update" in log]
+        results[threshold] = (changed, adam_steps, skipped)
+    changed, adam_steps, skipped = results[1e-9]
+    assert not changed and not adam_steps and skipped == [1.0, 1.0]
+    changed, adam_steps, skipped = results[1e9]
+    assert changed and adam_steps and set(adam_steps) == {2.0} and skipped == [0.0, 0.0]
+
+
+def test_the_skip_threshold_is_refused_under_deepspeed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="cannot act under DeepSpeed.*fsdp2.yaml"):
+        make_config(tmp_path, grad_norm_skip_threshold=1.25)
 
 
 @pytest.mark.parametrize("conversational", [True, False])
