@@ -56,15 +56,20 @@ class HPTTrainer(GRPOTrainer):
     HPT ([Towards a Unified View of Large Language Model Post-Training](https://huggingface.co/papers/2509.04419))
     samples `num_generations` rollouts per prompt and counts the correct ones, `P`. A prompt with `P <= gamma` leaves
     RL: its rollouts are dropped and one row holding its expert demonstration (the prompt's tokens, the demonstration,
-    EOS) takes their place. The other prompts keep their rollouts and the GRPO loss. Each micro-batch's loss is
+    EOS) takes their place. The other prompts keep their rollouts and the GRPO loss. With `N` the rollout rows of an
+    optimizer update, the update's loss is
 
-        rl_loss_coef * (TRL's loss for `loss_type` over its RL rows)
-        + sft_loss_coef * (token-mean NLL of its demonstration tokens)
+        rl_loss_coef * (TRL's loss for `loss_type` over the RL rows)
+        + sft_loss_coef * (sum over demonstrations of their token-mean NLL) / N
+        - entropy_coef * (sum of the covered tokens' entropy) / (N * max_completion_length)
+
+    a sum over rows divided by a constant, as TRL's `dr_grpo` term, so the split into micro-batches, accumulation
+    steps and processes does not change it ([`HPTConfig`] writes it out).
 
     Generation, rewards, logging, PEFT, vLLM and checkpointing are [`~trl.GRPOTrainer`]'s. HPT changes two steps:
     after scoring (`_generate_and_score_completions`) it gates the prompts, adds the demonstration rows and masks
     every rollout that left RL out of TRL's tensors; in the loss (`_compute_loss`) TRL's loss runs on the micro-batch
-    as it is (only RL rows carry loss tokens) and the demonstration rows add their NLL. The constructor is
+    as it is (only RL rows carry loss tokens) and the demonstration rows add their terms. The constructor is
     [`~trl.GRPOTrainer`]'s, with an [`HPTConfig`] as `args`.
     """
 
