@@ -191,3 +191,25 @@ def test_loaded_dataset_trains_with_hpt_trainer(authors_parquet, tmp_path):
     assert logs, trainer.state.log_history
     # A random tiny model solves nothing, so with gamma=0 every prompt is gated to SFT.
     assert logs[0]["hpt/sft_prompt_ratio"] == pytest.approx(1.0)
+
+
+def test_a_malformed_jsonl_file_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    good = json.dumps({"prompt": "Q", "target": "A \\boxed{1}", "reward_model": {"ground_truth": "1"}})
+    path.write_text(good + "\n" + '{"prompt": "Q", "target": \n')
+    with pytest.raises(ValueError, match=rf"Could not read the dataset file {path}: JSON parse error.*row 1"):
+        load_hpt_dataset(str(path))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"prompt_column": "question"}, "dataset_prompt_column"),
+        ({"demonstration_column": "demo"}, "dataset_demonstration_column"),
+        ({"solution_column": "reward_model.answer"}, "dataset_solution_column"),
+    ],
+)
+def test_a_missing_column_names_the_option_of_train_py(authors_parquet, kwargs, option):
+    """train.py's options are `--dataset_*_column`; the loader's arguments alone sent script users to the wrong one."""
+    with pytest.raises(ValueError, match=rf"Set `--{option}` \(recipe key `{option}`; `{next(iter(kwargs))}` of"):
+        load_hpt_dataset(str(authors_parquet), **kwargs)
