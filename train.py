@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoTokenizer, ProgressCallback, TrainerState, set_seed
+from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, TrainerState, set_seed
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hpt_trl import HPTConfig, HPTTrainer
@@ -45,6 +45,7 @@ from hpt_trl.demo import (
     BUILTIN_DATASET,
     BUILTIN_MODEL,
     ArithmeticTaskArguments,
+    CompactPrinterCallback,
     CompactProgressCallback,
     HeldOutAccuracyCallback,
     MetricsFileCallback,
@@ -226,9 +227,12 @@ def train(
             )
         ],
     )
-    if any(type(callback) is ProgressCallback for callback in trainer.callback_handler.callbacks):
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(CompactProgressCallback)
+    # transformers writes the full metrics dict (30-odd keys) at every step; every metric goes to report_to and
+    # metrics.jsonl anyway, so the console gets a few.
+    for verbose, compact in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
+        if any(type(callback) is verbose for callback in trainer.callback_handler.callbacks):
+            trainer.remove_callback(verbose)
+            trainer.add_callback(compact)
     if finalize_only:
         trainer._load_from_checkpoint(checkpoint)
         trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))

@@ -172,6 +172,23 @@ class CompactProgressCallback(ProgressCallback):
                 self.training_bar.set_postfix(self.postfix, refresh=False)
 
 
+class CompactPrinterCallback(TrainerCallback):
+    """
+    With `disable_tqdm`, transformers' `PrinterCallback` prints the full metrics dict at every log; this prints one
+    short line with the metrics of [`CompactProgressCallback`] instead.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            parts = [
+                f"{name}={logs[key]:.4g}"
+                for key, name in CompactProgressCallback.POSTFIX
+                if isinstance(logs.get(key), (int, float))
+            ]
+            if parts:
+                print(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts))
+
+
 class HeldOutAccuracyCallback(TrainerCallback):
     """Measures greedy held-out accuracy every `every` steps and at the end, and logs it with the training metrics."""
 
@@ -185,7 +202,11 @@ class HeldOutAccuracyCallback(TrainerCallback):
         self.last_step = state.global_step
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         metrics = heldout_accuracy(model, self.trainer.processing_class, self.eval_dataset)
+        # The callback handler's on_log clears `control.should_log`; from on_step_end that cancelled the step's own
+        # training log, whose metrics then went unlogged at this step (and were averaged into the next log).
+        should_log = control.should_log
         log_at_step(self.trainer, args, state, control, metrics)
+        control.should_log = should_log
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:

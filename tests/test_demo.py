@@ -66,9 +66,13 @@ def test_demo_trains_reports_and_plots(tmp_path):
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("Held-out accuracy (greedy, 16 problems, hpt): all ")
     assert "| easy " in last and "| hard " in last
+    # One short line a step (disable_tqdm), not transformers' full metrics dict.
+    assert "'completions/mean_length'" not in result.stdout and "step 4/4: loss=" in result.stdout
     out = tmp_path / "hpt"
     records = metrics(out)
     assert [r["step"] for r in records if "heldout/accuracy" in r] == [0, 2, 4]
+    # A held-out measurement at a step does not cancel that step's training log.
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert {"hpt/sft_prompt_ratio", "completions/mean_length", "entropy"} <= {k for r in records for k in r}
     figure = out / "training_dynamics.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,7 +155,7 @@ def test_training_dynamics_plot_is_monotone_in_steps(tmp_path, monkeypatch):
 def test_progress_bar_does_not_write_the_metrics_dict(capsys):
     from transformers import TrainerControl, TrainerState
 
-    from hpt_trl.demo import CompactProgressCallback
+    from hpt_trl.demo import CompactPrinterCallback, CompactProgressCallback
 
     callback, state = CompactProgressCallback(), TrainerState(max_steps=2, is_world_process_zero=True)
     callback.on_train_begin(None, state, TrainerControl())
@@ -160,6 +164,10 @@ def test_progress_bar_does_not_write_the_metrics_dict(capsys):
     callback.on_train_end(None, state, TrainerControl())
     captured = capsys.readouterr()
     assert "completions/mean_length" not in captured.out + captured.err
+
+    state.global_step = 1
+    CompactPrinterCallback().on_log(None, state, TrainerControl(), logs={"loss": 0.5, "completions/mean_length": 12.0})
+    assert capsys.readouterr().out == "step 1/2: loss=0.5\n"
 
 
 def test_base_model_pretraining_says_when_it_stops_early(tmp_path, capsys):
