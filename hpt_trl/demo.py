@@ -110,14 +110,15 @@ class MetricsFileCallback(TrainerCallback):
     Appends every logged dict, with its step, as one JSON line of a file (`metrics.jsonl` in `output_dir`).
 
     `step_offset` shifts the steps of a second training stage (SFT->GRPO) onto the same axis as the first.
-    `resume_step` is the (stage's) step the run starts from: before its first line, the file drops what a previous
-    attempt logged after that step (all of it when a run starts from step 0 of the first stage), since those steps are
-    trained again. A resumed run so logs each step once, and the file stays in step order.
+    `resume_step` is the (stage's) step the run starts from (train.py passes it): before its first line, the file drops
+    what a previous attempt logged after that step (all of it when a run starts from step 0 of the first stage), since
+    those steps are trained again. A resumed run so logs each step once, and the file stays in step order. `None`
+    (the default) appends to the file as it is.
     """
 
-    def __init__(self, path: str | Path, step_offset: int = 0, resume_step: int = 0):
+    def __init__(self, path: str | Path, step_offset: int = 0, resume_step: int | None = None):
         self.path, self.step_offset, self.resume_step = Path(path), step_offset, resume_step
-        self._trimmed = False
+        self._trimmed = resume_step is None
 
     def _trim(self) -> None:
         self._trimmed = True

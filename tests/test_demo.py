@@ -110,7 +110,7 @@ def test_metrics_file_logs_each_step_once_after_a_resume(tmp_path):
     def log(callback, step, **logs):
         callback.on_log(None, TrainerState(global_step=step), TrainerControl(), logs=logs)
 
-    first = MetricsFileCallback(path)
+    first = MetricsFileCallback(path, resume_step=0)
     for step in range(16):
         log(first, step, **{"heldout/accuracy": 0.1} if step % 10 == 0 else {"loss": 1.0})
     path.write_text(path.read_text() + '{"step": 15, "lo')  # a line cut off by the kill
@@ -122,15 +122,19 @@ def test_metrics_file_logs_each_step_once_after_a_resume(tmp_path):
     assert [r.get("loss") for r in metrics(tmp_path)][11:] == [0.5] * 10
 
     # A second stage resumed at its step 3 keeps the first stage (steps <= 20) and its own steps up to 20 + 3.
-    stage_two = MetricsFileCallback(path, step_offset=20)
+    stage_two = MetricsFileCallback(path, step_offset=20, resume_step=0)
     for step in range(1, 6):
         log(stage_two, step, loss=0.25)
     again = MetricsFileCallback(path, step_offset=20, resume_step=3)
     log(again, 4, loss=0.125)
     assert [r["step"] for r in metrics(tmp_path)] == list(range(25))
 
+    # Without resume_step the file is appended to as it is (the Python API's default).
+    log(MetricsFileCallback(path), 25, loss=0.0625)
+    assert [r["step"] for r in metrics(tmp_path)] == list(range(26))
+
     # A fresh start (step 0 of the first stage) replaces what an attempt without any checkpoint left.
-    log(MetricsFileCallback(path), 0, **{"heldout/accuracy": 0.2})
+    log(MetricsFileCallback(path, resume_step=0), 0, **{"heldout/accuracy": 0.2})
     assert metrics(tmp_path) == [{"step": 0, "heldout/accuracy": 0.2}]
 
 
