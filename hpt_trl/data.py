@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow
 from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 from trl import ScriptArguments
@@ -240,7 +241,7 @@ def _load_raw(dataset_name: str, dataset_config: str | None, split: str) -> data
         # A single local file always forms the "train" split, whatever `dataset_train_split` says.
         try:
             return datasets.load_dataset(_LOCAL_BUILDERS[suffix], data_files=dataset_name, split="train")
-        except DatasetGenerationError as error:  # its own message names neither the file nor what is wrong
+        except (DatasetGenerationError, pyarrow.ArrowException) as error:  # their messages do not name the file
             cause = error.__cause__ or error
             raise ValueError(
                 f"Could not read the dataset file {dataset_name}: {cause}. Fix the file (or set "

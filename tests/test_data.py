@@ -199,6 +199,11 @@ def test_a_malformed_jsonl_file_is_named(tmp_path):
     path.write_text(good + "\n" + '{"prompt": "Q", "target": \n')
     with pytest.raises(ValueError, match=rf"Could not read the dataset file {path}: JSON parse error.*row 1"):
         load_hpt_dataset(str(path))
+    cut = tmp_path / "cut.parquet"
+    pd.DataFrame({"prompt": ["Q"] * 64, "target": ["A"] * 64}).to_parquet(cut)
+    cut.write_bytes(cut.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"Could not read the dataset file {cut}: .*corrupted"):
+        load_hpt_dataset(str(cut))
 
 
 @pytest.mark.parametrize(
