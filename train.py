@@ -15,8 +15,9 @@ Every field of `HPTScriptArguments` (data), `HPTConfig` (HPT and everything of T
     python train.py
     python train.py --config recipes/toy_hpt.yaml --method grpo --output_dir outputs/toy-grpo
 
-The run resumes from the newest checkpoint in `output_dir` (or `--resume_from_checkpoint PATH`), saves the model with
-a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set.
+The run resumes from the newest intact checkpoint in `output_dir` (or `--resume_from_checkpoint PATH`), saves the model
+with a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set. A broken
+checkpoint is named and skipped; a run that already reached `max_steps` says so and changes nothing.
 """
 
 import argparse
@@ -122,7 +123,8 @@ def main(
     training_args: HPTConfig,
     model_args: ModelConfig,
     task_args: ArithmeticTaskArguments | None = None,
-) -> HPTTrainer:
+) -> HPTTrainer | None:
+    """Train as the arguments say; returns the trainer, or `None` when `output_dir` holds the run already finished."""
     task_args = task_args or ArithmeticTaskArguments()
     model_args = check_model_name(script_args, model_args)
     if script_args.method == "sft_then_grpo":
