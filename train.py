@@ -15,11 +15,14 @@ Every field of `HPTScriptArguments` (data), `HPTConfig` (HPT and everything of T
     python train.py
     python train.py --config recipes/toy_hpt.yaml --method grpo --output_dir outputs/toy-grpo
 
-The run resumes from the newest checkpoint in `output_dir` (or `--resume_from_checkpoint PATH`), saves the model with
-a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set.
+The run resumes from the newest intact checkpoint in `output_dir` (or `--resume_from_checkpoint PATH`), saves the model
+with a model card naming HPT, the paper and the recipe, and pushes it to the Hub when `push_to_hub` is set. A broken
+checkpoint is named and skipped; a run that already reached `max_steps` says so and changes nothing.
 """
 
+import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -27,17 +30,24 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.logging import get_logger
-from transformers import AutoTokenizer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, TrainerState, set_seed
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hpt_trl import HPTConfig, HPTTrainer
+from hpt_trl.checkpoints import (
+    TRAINER_STATE_NAME,
+    check_requested_checkpoint,
+    checkpoint_step,
+    find_resume_checkpoint,
+    has_final_model,
+)
 from hpt_trl.data import HPTScriptArguments, get_reward_funcs, load_hpt_dataset
 from hpt_trl.demo import (
     BUILTIN_DATASET,
     BUILTIN_MODEL,
     ArithmeticTaskArguments,
+    CompactPrinterCallback,
+    CompactProgressCallback,
     HeldOutAccuracyCallback,
     MetricsFileCallback,
     heldout_accuracy,
@@ -45,24 +55,67 @@ from hpt_trl.demo import (
 )
 
 
-logger = get_logger(__name__)
+# Under the `hpt_trl` logger, so the one handler `__main__` sets shows the library's and the script's messages.
+logger = logging.getLogger("hpt_trl.train")
 
 DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "toy_hpt.yaml"
 
 
 def resolve_checkpoint(training_args: HPTConfig) -> str | None:
-    """The checkpoint to resume from: the one asked for, else the newest in `output_dir`, so a killed run goes on."""
+    """
+    The checkpoint to resume from: the one asked for, else the newest intact one in `output_dir`, so a killed run goes
+    on. Runs before anything is loaded, so a bad request fails at once.
+
+    An explicit `resume_from_checkpoint` path that is missing or broken is an error that names it. Broken checkpoints
+    in `output_dir` are skipped with a warning that names each and what is wrong, and renamed to
+    `corrupt-checkpoint-N` (by the main process), so that neither a later resume nor `save_total_limit` takes them
+    for the newest checkpoint.
+    """
     requested = training_args.resume_from_checkpoint
+    require_optimizer = not training_args.save_only_model
     if requested not in (None, "", "true", "True", "last"):
-        if not Path(requested).is_dir():
-            raise ValueError(f"resume_from_checkpoint={requested!r} is not a checkpoint folder.")
-        return requested
-    last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-    if last is not None:
-        logger.info(f"Resuming from {last}, the newest checkpoint in output_dir={training_args.output_dir}.")
-    elif requested:
-        raise ValueError(f"resume_from_checkpoint is set but {training_args.output_dir} holds no checkpoint.")
-    return last
+        return str(check_requested_checkpoint(requested, require_optimizer=require_optimizer))
+    last = find_resume_checkpoint(
+        training_args.output_dir,
+        require_optimizer=require_optimizer,
+        set_aside_broken=training_args.process_index == 0,
+    )
+    if last is None:
+        if requested:
+            raise ValueError(
+                f"resume_from_checkpoint={requested!r} asks to resume, but output_dir={training_args.output_dir} "
+                "holds no checkpoint: set output_dir to the run's folder, or drop resume_from_checkpoint to start."
+            )
+        return None
+    return str(last)
+
+
+def is_finished(training_args: HPTConfig, checkpoint: str) -> bool:
+    """
+    Whether a checkpoint is the end of the run: its step reached `max_steps` (or, without `max_steps`, its epoch
+    reached `num_train_epochs`).
+
+    Such a checkpoint must not go to `trainer.train()`: transformers stops a run only after an optimizer step
+    (`DefaultFlowCallback.on_step_end`), so a run resumed at `global_step == max_steps` trains one step more
+    (GRPOTrainer's dataloader is longer than `max_steps`, so the epoch does not end first), saves `checkpoint-{N+1}`
+    and overwrites the final model.
+    """
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
+    if training_args.max_steps > 0:
+        return state["global_step"] >= training_args.max_steps
+    return (state.get("epoch") or 0) >= training_args.num_train_epochs - 1e-6
+
+
+def check_model_name(script_args: HPTScriptArguments, model_args: ModelConfig) -> ModelConfig:
+    """A run needs `model_name_or_path`; the built-in task brings its own base model when the recipe names none."""
+    if model_args.model_name_or_path:
+        return model_args
+    if script_args.dataset_name == BUILTIN_DATASET:
+        return replace(model_args, model_name_or_path=BUILTIN_MODEL)
+    raise ValueError(
+        "model_name_or_path is not set: set `model_name_or_path` in the recipe or pass --model_name_or_path (a Hub "
+        f"model id such as Qwen/Qwen2.5-Math-7B, or a local model folder). The built-in demo uses {BUILTIN_MODEL}."
+    )
 
 
 def main(
@@ -70,8 +123,10 @@ def main(
     training_args: HPTConfig,
     model_args: ModelConfig,
     task_args: ArithmeticTaskArguments | None = None,
-) -> HPTTrainer:
+) -> HPTTrainer | None:
+    """Train as the arguments say; returns the trainer, or `None` when `output_dir` holds the run already finished."""
     task_args = task_args or ArithmeticTaskArguments()
+    model_args = check_model_name(script_args, model_args)
     if script_args.method == "sft_then_grpo":
         return train_sft_then_grpo(script_args, training_args, model_args, task_args)
     training_args.gamma = {"hpt": training_args.gamma, "sft": training_args.num_generations, "grpo": -1}[
@@ -118,7 +173,24 @@ def train(
     task_args,
     metrics_path: Path | None = None,
     step_offset: int = 0,
-) -> HPTTrainer:
+) -> HPTTrainer | None:
+    """One training run (or stage); `None` when `output_dir` holds the run finished, which is then left untouched."""
+    checkpoint = resolve_checkpoint(training_args)
+    finalize_only = checkpoint is not None and is_finished(training_args, checkpoint)
+    if finalize_only:
+        if has_final_model(training_args.output_dir):
+            logger.warning(
+                f"The run in {training_args.output_dir} is finished: {Path(checkpoint).name} reached "
+                f"max_steps={training_args.max_steps} and the final model is saved. Nothing to do, nothing changed; "
+                "raise --max_steps to train further, or set another --output_dir for a new run."
+            )
+            return None
+        logger.warning(
+            f"{Path(checkpoint).name} reached max_steps={training_args.max_steps} but {training_args.output_dir} "
+            "holds no final model (the run stopped while saving it): saving it from the checkpoint, without training."
+        )
+    elif checkpoint is not None:
+        logger.info(f"Resuming from {Path(checkpoint).name} (step {checkpoint_step(checkpoint)}): {checkpoint}")
     set_seed(training_args.seed)
     builtin_task = script_args.dataset_name == BUILTIN_DATASET
     if model_args.model_name_or_path == BUILTIN_MODEL:
@@ -151,16 +223,29 @@ def train(
         processing_class=tokenizer,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
-        callbacks=[MetricsFileCallback(metrics_path, step_offset=step_offset)],
+        callbacks=[
+            MetricsFileCallback(
+                metrics_path, step_offset=step_offset, resume_step=checkpoint_step(checkpoint) if checkpoint else 0
+            )
+        ],
     )
-    checkpoint = resolve_checkpoint(training_args)
-    if eval_dataset is not None:
+    # transformers writes the full metrics dict (30-odd keys) at every step; every metric goes to report_to and
+    # metrics.jsonl anyway, so the console gets a few.
+    for verbose, compact in ((ProgressCallback, CompactProgressCallback), (PrinterCallback, CompactPrinterCallback)):
+        if any(type(callback) is verbose for callback in trainer.callback_handler.callbacks):
+            trainer.remove_callback(verbose)
+            trainer.add_callback(compact)
+    if finalize_only:
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    elif eval_dataset is not None:
         # The untrained model's accuracy is step 0 of the metrics file; a resumed run or a second stage has it there.
         if step_offset == 0 and checkpoint is None and trainer.is_world_process_zero():
             before = heldout_accuracy(trainer.model, tokenizer, eval_dataset)
             trainer.callback_handler.on_log(training_args, trainer.state, trainer.control, logs=before)
         trainer.add_callback(HeldOutAccuracyCallback(trainer, eval_dataset, every=task_args.heldout_eval_steps))
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if not finalize_only:
+        trainer.train(resume_from_checkpoint=checkpoint)
 
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name, tags=recipe_tags())
@@ -168,13 +253,19 @@ def train(
         trainer.push_to_hub(dataset_name=script_args.dataset_name, tags=recipe_tags())
         logger.info(f"Pushed to https://huggingface.co/{trainer.hub_model_id}")
     if eval_dataset is not None and trainer.is_world_process_zero():
-        report_demo(trainer, script_args, metrics_path, task_args)
+        report_demo(trainer, script_args, metrics_path, task_args, eval_dataset)
     return trainer
 
 
-def report_demo(trainer: HPTTrainer, script_args, metrics_path: Path, task_args: ArithmeticTaskArguments) -> None:
+def report_demo(
+    trainer: HPTTrainer, script_args, metrics_path: Path, task_args: ArithmeticTaskArguments, eval_dataset
+) -> None:
     """The demo's last words: held-out accuracy before and after, and the training-dynamics figure."""
-    after = [entry for entry in trainer.state.log_history if "heldout/accuracy" in entry][-1]
+    measured = [entry for entry in trainer.state.log_history if "heldout/accuracy" in entry]
+    if measured and measured[-1].get("step") == trainer.state.global_step:
+        after = measured[-1]
+    else:  # a run finished from its last checkpoint without training has no final measurement
+        after = heldout_accuracy(trainer.model, trainer.processing_class, eval_dataset)
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     before = [r for r in records if r["step"] == 0 and "heldout/accuracy" in r][-1]
     parts = [
@@ -203,8 +294,37 @@ def recipe_tags() -> list[str]:
     return []
 
 
+def gamma_count(text: str) -> int | float:
+    """
+    `--gamma` from the command line: an integer, or a non-integer number handed on to HPTConfig, whose check says
+    what gamma is (a count of correct rollouts, not a fraction). argparse's own `int` said only "invalid int value".
+    """
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number: gamma is a count of correct rollouts out of num_generations, an integer >= -1."
+        ) from None
+    return int(value) if value.is_integer() else value
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((HPTScriptArguments, HPTConfig, ModelConfig, ArithmeticTaskArguments))
+    parser = TrlParser((HPTScriptArguments, HPTConfig, ModelConfig, ArithmeticTaskArguments))
+    parser._option_string_actions["--gamma"].type = gamma_count
+    return parser
+
+
+def show_messages() -> None:
+    """Show the `hpt_trl` loggers' info messages (resuming, skipped checkpoints, data counts) on the main process."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[hpt_trl] %(message)s"))
+    package = logging.getLogger("hpt_trl")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def command_line(argv: list[str]) -> list[str]:
@@ -230,6 +350,7 @@ def cpu_deepspeed_arguments() -> list[str]:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    show_messages()
     argv = command_line(sys.argv[1:]) + cpu_deepspeed_arguments()
     trainer = main(*make_parser().parse_args_and_config(args=argv))
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, tear down the process group

@@ -202,6 +202,13 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
                 progress.set_postfix(postfix)
             if validation_accuracy is not None and validation_accuracy >= target_accuracy:
                 progress.close()
+                message = (
+                    f"Base model pretraining stopped early, as intended, at step {steps_done} of {num_steps}: "
+                    f"validation accuracy {validation_accuracy:.2f} reached the target {target_accuracy}."
+                )
+                if show_progress:
+                    tqdm.write(message)
+                logger.info(message)
                 break
 
     model.save_pretrained(output_dir)

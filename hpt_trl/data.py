@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow
+from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 from trl import ScriptArguments
 
@@ -246,8 +248,29 @@ def _load_raw(dataset_name: str, dataset_config: str | None, split: str) -> data
         if not Path(dataset_name).is_file():
             raise FileNotFoundError(f"Dataset file {dataset_name} does not exist (set `dataset_name` to its path).")
         # A single local file always forms the "train" split, whatever `dataset_train_split` says.
-        return datasets.load_dataset(_LOCAL_BUILDERS[suffix], data_files=dataset_name, split="train")
+        try:
+            return datasets.load_dataset(_LOCAL_BUILDERS[suffix], data_files=dataset_name, split="train")
+        except (DatasetGenerationError, pyarrow.ArrowException) as error:  # their messages do not name the file
+            cause = error.__cause__ or error
+            raise ValueError(
+                f"Could not read the dataset file {dataset_name}: {cause}. Fix the file (or set "
+                "`dataset_name` to another file)."
+            ) from error
     return datasets.load_dataset(dataset_name, dataset_config, split=split)
+
+
+# The script option (HPTScriptArguments, train.py's --flag and recipe key) behind each column argument of the loader.
+_COLUMN_OPTIONS = {
+    "prompt_column": "dataset_prompt_column",
+    "demonstration_column": "dataset_demonstration_column",
+    "solution_column": "dataset_solution_column",
+}
+
+
+def _fix_column(argument: str) -> str:
+    """How to point the loader at another column: the script option, and the argument of the Python API."""
+    option = _COLUMN_OPTIONS.get(argument, argument)
+    return f"`--{option}` (recipe key `{option}`; `{argument}` of load_hpt_dataset)"
 
 
 def _get_path(row: dict[str, Any], path: str, argument: str, available: list[str]) -> Any:
@@ -258,8 +281,8 @@ def _get_path(row: dict[str, Any], path: str, argument: str, available: list[str
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
             raise ValueError(
-                f"Column '{path}' not found in the dataset (columns: {available}). Set `{argument}` to the column "
-                "that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
+                f"Column '{path}' not found in the dataset (columns: {available}). Set {_fix_column(argument)} to "
+                "the column that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
             )
         value = value[part]
     return value
@@ -277,8 +300,8 @@ def _check_column(path: str, argument: str, column_names: list[str], features: d
         feature = feature[part]
     if feature is None:
         raise ValueError(
-            f"Column '{path}' not found in the dataset (columns: {column_names}). Set `{argument}` to the column "
-            "that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
+            f"Column '{path}' not found in the dataset (columns: {column_names}). Set {_fix_column(argument)} to "
+            "the column that holds it; dotted paths such as 'reward_model.ground_truth' reach into struct columns."
         )
 
 
@@ -291,7 +314,7 @@ def _as_messages(prompt: Any, column: str) -> list[dict[str, str]]:
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
     raise ValueError(
         f"The prompt in column '{column}' is a {type(prompt).__name__}; expected a string or a list of chat messages "
-        "with 'role' and 'content'. Point `prompt_column` at such a column."
+        f"with 'role' and 'content'. Point {_fix_column('prompt_column')} at such a column."
     )
 
 
@@ -373,7 +396,7 @@ def prepare_hpt_dataset(
         if solution is None or (isinstance(solution, str) and not solution.strip()):
             raise ValueError(
                 f"Row {index} has no gold answer in column '{solution_column}'. Drop such rows first or point "
-                "`solution_column` at the column with the answers."
+                f"{_fix_column('solution_column')} at the column with the answers."
             )
         demo_too_long = max_demonstration_chars is not None and len(demonstration) > max_demonstration_chars
         prompt_too_long = False

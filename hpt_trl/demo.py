@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, evaluate_accuracy, make_arithmetic_datasets
 from .base_model import get_base_model
@@ -110,16 +110,84 @@ class MetricsFileCallback(TrainerCallback):
     Appends every logged dict, with its step, as one JSON line of a file (`metrics.jsonl` in `output_dir`).
 
     `step_offset` shifts the steps of a second training stage (SFT->GRPO) onto the same axis as the first.
+    `resume_step` is the (stage's) step the run starts from (train.py passes it): before its first line, the file drops
+    what a previous attempt logged after that step (all of it when a run starts from step 0 of the first stage), since
+    those steps are trained again. A resumed run so logs each step once, and the file stays in step order. `None`
+    (the default) appends to the file as it is.
     """
 
-    def __init__(self, path: str | Path, step_offset: int = 0):
-        self.path, self.step_offset = Path(path), step_offset
+    def __init__(self, path: str | Path, step_offset: int = 0, resume_step: int | None = None):
+        self.path, self.step_offset, self.resume_step = Path(path), step_offset, resume_step
+        self._trimmed = resume_step is None
+
+    def _trim(self) -> None:
+        self._trimmed = True
+        if not self.path.is_file():
+            return
+        limit = self.step_offset + self.resume_step
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut off by a kill
+            if step < limit or (step == limit and limit > 0):
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._trimmed:
+                self._trim()
             with self.path.open("a") as file:
                 file.write(json.dumps({"step": self.step_offset + state.global_step, **logs}) + "\n")
+
+
+class CompactProgressCallback(ProgressCallback):
+    """
+    transformers' progress bar without the full metrics dict it writes under the bar at every log (30-odd keys a
+    step): a few key metrics go to the bar's postfix instead. Every metric still goes to `report_to` and, in train.py,
+    to `metrics.jsonl`.
+    """
+
+    POSTFIX = (
+        ("loss", "loss"),
+        ("reward", "reward"),
+        ("hpt/sft_prompt_ratio", "sft"),
+        ("heldout/accuracy", "heldout"),
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.postfix = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            for key, name in self.POSTFIX:
+                if isinstance(logs.get(key), (int, float)):
+                    self.postfix[name] = f"{logs[key]:.4g}"
+            if self.postfix:
+                self.training_bar.set_postfix(self.postfix, refresh=False)
+
+
+class CompactPrinterCallback(TrainerCallback):
+    """
+    With `disable_tqdm`, transformers' `PrinterCallback` prints the full metrics dict at every log; this prints one
+    short line with the metrics of [`CompactProgressCallback`] instead.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            parts = [
+                f"{name}={logs[key]:.4g}"
+                for key, name in CompactProgressCallback.POSTFIX
+                if isinstance(logs.get(key), (int, float))
+            ]
+            if parts:
+                print(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts))
 
 
 class HeldOutAccuracyCallback(TrainerCallback):
@@ -135,7 +203,11 @@ class HeldOutAccuracyCallback(TrainerCallback):
         self.last_step = state.global_step
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         metrics = heldout_accuracy(model, self.trainer.processing_class, self.eval_dataset)
+        # The callback handler's on_log clears `control.should_log`; from on_step_end that cancelled the step's own
+        # training log, whose metrics then went unlogged at this step (and were averaged into the next log).
+        should_log = control.should_log
         log_at_step(self.trainer, args, state, control, metrics)
+        control.should_log = should_log
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:
@@ -167,7 +239,9 @@ def plot_training_dynamics(metrics_path: str | Path, output_path: str | Path, ti
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     figure, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.2))
     for axis, (key, label) in zip(axes, PLOTTED, strict=True):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        # One point per step (the last logged), in step order: a metrics file from before resumes dropped the steps
+        # a resumed run trained again could hold a step twice, which drew a line back in time.
+        points = sorted({r["step"]: r[key] for r in records if r.get(key) is not None}.items())
         if points:
             steps, values = zip(*points, strict=True)
             axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3)

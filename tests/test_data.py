@@ -254,3 +254,30 @@ def test_training_and_evaluation_render_the_same_prompt_ids(tmp_path, tiny_model
     if template == "llama":
         assert ds[1]["prompt"] == AUTHORS_LLAMA_PROMPT.format(problems[1])
         assert tokenizer.decode(trained[1]) == AUTHORS_LLAMA_PROMPT.format(problems[1])
+
+
+def test_a_malformed_jsonl_file_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    good = json.dumps({"prompt": "Q", "target": "A \\boxed{1}", "reward_model": {"ground_truth": "1"}})
+    path.write_text(good + "\n" + '{"prompt": "Q", "target": \n')
+    with pytest.raises(ValueError, match=rf"Could not read the dataset file {path}: JSON parse error.*row 1"):
+        load_hpt_dataset(str(path))
+    cut = tmp_path / "cut.parquet"
+    pd.DataFrame({"prompt": ["Q"] * 64, "target": ["A"] * 64}).to_parquet(cut)
+    cut.write_bytes(cut.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"Could not read the dataset file {cut}: .*corrupted"):
+        load_hpt_dataset(str(cut))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"prompt_column": "question"}, "dataset_prompt_column"),
+        ({"demonstration_column": "demo"}, "dataset_demonstration_column"),
+        ({"solution_column": "reward_model.answer"}, "dataset_solution_column"),
+    ],
+)
+def test_a_missing_column_names_the_option_of_train_py(authors_parquet, kwargs, option):
+    """train.py's options are `--dataset_*_column`; the loader's arguments alone sent script users to the wrong one."""
+    with pytest.raises(ValueError, match=rf"Set `--{option}` \(recipe key `{option}`; `{next(iter(kwargs))}` of"):
+        load_hpt_dataset(str(authors_parquet), **kwargs)
