@@ -49,7 +49,7 @@ def run(variant: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
         + ["--output_dir", str(output_dir), "--plot", "false", "--disable_tqdm", "true", *settings, *extra]
     )
     start = time.perf_counter()
-    trainer = train_script.main(script_args, training_args, model_args, task_args)
+    train_script.main(script_args, training_args, model_args, task_args)
     train_seconds = time.perf_counter() - start
 
     _, eval_dataset = task_args.datasets(seed=seed)
@@ -58,12 +58,10 @@ def run(variant: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
     greedy = evaluate_accuracy(model, tokenizer, eval_dataset)
     sampled = evaluate_accuracy(model, tokenizer, eval_dataset, num_samples=max(PASS_AT), do_sample=True, seed=seed)
     by_level = greedy.accuracy_by(list(eval_dataset["difficulty"]))
-    curve = [
-        (json.loads(line)["step"], json.loads(line)["heldout/accuracy"])
-        for line in (output_dir / "metrics.jsonl").read_text().splitlines()
-        if "heldout/accuracy" in line
-    ]
-    ratios = [e["hpt/sft_prompt_ratio"] for e in trainer.state.log_history if "hpt/sft_prompt_ratio" in e]
+    # From the metrics file rather than the trainer: a run that had finished already returns no trainer.
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(record["step"], record["heldout/accuracy"]) for record in records if "heldout/accuracy" in record]
+    ratios = [record["hpt/sft_prompt_ratio"] for record in records if "hpt/sft_prompt_ratio" in record]
     return {
         "method": variant,
         "seed": seed,

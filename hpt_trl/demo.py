@@ -203,11 +203,7 @@ class HeldOutAccuracyCallback(TrainerCallback):
         self.last_step = state.global_step
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         metrics = heldout_accuracy(model, self.trainer.processing_class, self.eval_dataset)
-        # The callback handler's on_log clears `control.should_log`; from on_step_end that cancelled the step's own
-        # training log, whose metrics then went unlogged at this step (and were averaged into the next log).
-        should_log = control.should_log
         log_at_step(self.trainer, args, state, control, metrics)
-        control.should_log = should_log
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.is_world_process_zero:

@@ -918,6 +918,7 @@ def test_benchmark_callback_with_a_trainer_leaves_the_steps_training_metrics_alo
 
         def on_log(self, args, state, control, logs=None):
             self.reported.append((state.global_step, logs))
+            control.should_log = False  # as transformers' CallbackHandler.on_log does
 
         def log(self, logs):
             raise AssertionError("trainer.log would take the step's buffered training metrics")
@@ -929,9 +930,9 @@ def test_benchmark_callback_with_a_trainer_leaves_the_steps_training_metrics_alo
     state = TrainerState()
     state.global_step = 3
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    callback.on_step_end(
-        None, state, TrainerControl(), model=model, processing_class=AutoTokenizer.from_pretrained(tiny_model)
-    )
+    control = TrainerControl(should_log=True)  # the step is due to log its training metrics
+    callback.on_step_end(None, state, control, model=model, processing_class=AutoTokenizer.from_pretrained(tiny_model))
+    assert control.should_log, "logging the scores must not cancel the step's own training log"
     assert trainer._metrics == {"train": {"reward": [0.5]}}
     assert [step for step, _ in trainer.reported] == [3]
     assert "benchmark/GPQA-diamond/avg@2" in trainer.reported[0][1]

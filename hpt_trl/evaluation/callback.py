@@ -21,7 +21,10 @@ def log_at_step(trainer, args, state, control, metrics: dict) -> None:
     """
     state.log_history.append({**metrics, "step": state.global_step})
     if trainer is not None:
+        # The handler's on_log clears `control.should_log`: restore it, or this step's own training log is dropped.
+        should_log = control.should_log
         trainer.callback_handler.on_log(args, state, control, logs=metrics)
+        control.should_log = should_log
 
 
 class BenchmarkCallback(TrainerCallback):
