@@ -23,6 +23,7 @@ from .protocols import (
     PROTOCOLS,
     get_protocol,
 )
+from .report import model_label
 
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -211,7 +212,7 @@ class EvalConfig:
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise EvaluationError(f"--data_dir {self.data_dir!r} is not a folder; point it at the benchmark files.")
         if self.output_dir is None:
-            self.output_dir = str(Path("eval_results") / _model_label(self.model))
+            self.output_dir = str(Path("eval_results") / model_label(self.model))
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -247,15 +248,6 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _model_label(model: str) -> str:
-    path = Path(model.rstrip("/\\"))
-    label = path.name if path.name not in ("", ".") else "model"
-    # Checkpoint folders are usually `.../run_name/checkpoint-500`: keep the run's name too.
-    if label.startswith("checkpoint-") and path.parent.name:
-        label = f"{path.parent.name}-{label}"
-    return label
 
 
 def _check_or_write_run_config(config: EvalConfig, output_dir: Path) -> None:

@@ -13,6 +13,16 @@ _DISPLAY_ORDER = [spec.name for spec in BENCHMARKS.values()]
 _MATH_NAMES = {spec.name for spec in BENCHMARKS.values() if spec.kind == MATH}
 
 
+def model_label(model: str) -> str:
+    """A short name for a model or checkpoint path: the folder, with the run's name before `checkpoint-N`."""
+    path = Path(model.rstrip("/\\"))
+    label = path.name if path.name not in ("", ".") else "model"
+    # Checkpoint folders are usually `.../run_name/checkpoint-500`: keep the run's name too.
+    if label.startswith("checkpoint-") and path.parent.name:
+        label = f"{path.parent.name}-{label}"
+    return label
+
+
 def load_results(path: str | os.PathLike) -> dict:
     """
     Read a run's results.
@@ -147,9 +157,8 @@ def _metric_number(score: dict, metric: str) -> float | None:
 
 def run_labels(runs: list[dict]) -> list[str]:
     """Short names for runs: the model's folder name or Hub id, made unique with the output folder when needed."""
-    from .harness import _model_label
 
-    labels = [_model_label(str(run.get("config", {}).get("model", "run"))) for run in runs]
+    labels = [model_label(str(run.get("config", {}).get("model", "run"))) for run in runs]
     if len(set(labels)) < len(labels):
         labels = [
             f"{label} ({Path(run['_path']).parent.name})" if "_path" in run else label
