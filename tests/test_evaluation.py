@@ -297,6 +297,11 @@ def test_remote_benchmarks_name_the_extra_they_need(monkeypatch):
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "aiohttp" else real_find_spec(name))
+
+    def http_filesystem_without_aiohttp(*args, **kwargs):
+        raise ImportError("HTTPFileSystem requires 'requests' and 'aiohttp' to be installed")
+
+    monkeypatch.setattr("datasets.load_dataset", http_filesystem_without_aiohttp)
     with pytest.raises(BenchmarkError, match=r"needs aiohttp.*hpt-trl\[eval\]"):
         benchmarks.load_benchmark("aime24")
     extras = (ROOT / "pyproject.toml").read_text()

@@ -479,17 +479,16 @@ def _load_remote_rows(spec: BenchmarkSpec) -> list[dict]:
 
     from datasets import load_dataset
 
-    missing = [name for name in ("requests", "aiohttp") if importlib.util.find_spec(name) is None]
-    if missing:  # datasets reads URLs through fsspec's HTTP filesystem, which needs both
-        raise BenchmarkError(
-            f"Downloading {spec.name} from {spec.remote_url} needs {' and '.join(missing)}: install them with "
-            "`pip install 'hpt-trl[eval]'`, or pass --data_dir with local copies of the files."
-        )
-
     builder = "parquet" if spec.remote_url.endswith(".parquet") else "json"
     try:
         dataset = load_dataset(builder, data_files={"test": spec.remote_url}, split="test")
     except Exception as error:
+        missing = [name for name in ("requests", "aiohttp") if importlib.util.find_spec(name) is None]
+        if missing:  # datasets reads URLs through fsspec's HTTP filesystem, which needs both
+            raise BenchmarkError(
+                f"Downloading {spec.name} from {spec.remote_url} needs {' and '.join(missing)}: install them with "
+                "`pip install 'hpt-trl[eval]'`, or pass --data_dir with local copies of the files."
+            ) from error
         raise BenchmarkError(
             f"Could not download {spec.name} from {spec.remote_url} ({type(error).__name__}: {error}). Offline, pass "
             f"--data_dir with local copies of the files, or `{spec.key}=path/to/file`."
