@@ -410,11 +410,12 @@ class HPTTrainer(GRPOTrainer):
         aux_term = 0.0
         if self.aux_loss_enabled and request.aux_loss is not None:
             aux_term = self.router_aux_loss_coef * request.aux_loss / accumulation  # TRL adds it to its loss
-        policy_loss = rl_loss - aux_term
+        loss = rl_loss
         if srft:
-            policy_loss = policy_loss + self._srft_rollout_loss(inputs, request, rl_rows) / accumulation
-        loss = policy_loss if self.args.rl_loss_coef == 1.0 else self.args.rl_loss_coef * policy_loss
-        loss = loss + aux_term
+            loss = loss + self._srft_rollout_loss(inputs, request, rl_rows) / accumulation
+        policy_loss = loss - aux_term  # the RL term alone, which rl_loss_coef scales
+        if self.args.rl_loss_coef != 1.0:
+            loss = self.args.rl_loss_coef * policy_loss + aux_term
 
         has_rl = bool(rl_rows.any())
         device = rl_loss.device
