@@ -6,7 +6,14 @@ import re
 
 import pytest
 import torch
-from hpt_testing import NUM_GENERATIONS, make_config, make_dataset, parameters, record_generation_batches
+from hpt_testing import (
+    NUM_GENERATIONS,
+    demonstration_for,
+    make_config,
+    make_dataset,
+    parameters,
+    record_generation_batches,
+)
 
 from hpt_trl import HPTTrainer
 from hpt_trl.demonstration_losses import off_policy_token_losses
@@ -238,6 +245,29 @@ def test_off_policy_switch_replaces_a_rollout_only_in_gated_groups(tiny_model_di
             torch.testing.assert_close(advantages[group], sampled[group] - sampled[group].mean())
             assert batch["demonstration_weight"][group * n] == 0
     assert trainer.state.log_history[0]["hpt/group_accuracy"] == pytest.approx(sampled.mean().item())
+
+
+def test_demonstrations_are_scored_once_per_group_as_trained(tiny_model_dir, tmp_path):
+    calls = []
+
+    def recording_reward(completions, **kwargs):
+        calls.append([c[0]["content"] for c in completions])
+        return [0.0] * len(completions)
+
+    width = 6  # shorter than every demonstration: each is cut to its first 6 tokens (one byte each), EOS dropped
+    args = make_config(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=32,
+        max_completion_length=width,
+        gate_strategy="always",
+        demonstration_loss="off_policy",
+    )
+    trainer = HPTTrainer(tiny_model_dir, recording_reward, args=args, train_dataset=make_dataset(num_prompts=8))
+    trainer.train()
+    rollouts, demonstrations = calls  # one call for the 32 rollouts, one for the 8 groups' demonstrations
+    assert len(rollouts) == 32
+    assert sorted(demonstrations) == sorted(demonstration_for(pid)[:width] for pid in range(8))
 
 
 @pytest.mark.parametrize(
