@@ -5,7 +5,10 @@ Each takes the per-token log-probabilities (temperature 1, with gradient) of the
 one 1-D tensor per demonstration row, and a per-row weight (the gate's demonstration coefficient).
 
 - SFT: reference-policy denominator pi_theta, advantage 1: each demonstration's token-mean negative log-likelihood.
-- Off-policy (LUFFY): denominator 1 with the shaping f(p) = p / (p + 0.1), the group's advantage, no clipping.
+- Off-policy (LUFFY): denominator 1 with the shaping f(p) = p / (p + 0.1), the group's advantage, no clipping. As in
+  the authors' runs (n = 8 = 7 rollouts + 1 demonstration), the demonstration takes the place of one rollout of its
+  group, is scored by the reward functions (the verifier) and gets TRL's group advantage over the n rows
+  (`HPTTrainer._score_demonstrations_in_groups`).
 - SRFT: SFT weighted by 0.5 * exp(-H) with H the row's mean token entropy (detached), as the authors' SRFT code.
 """
 
@@ -49,26 +52,3 @@ def srft_sft_weights(entropies: list[torch.Tensor]) -> torch.Tensor:
 def srft_rollout_weights(mean_entropy: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """SRFT's on-policy weight in place of the advantage: `0.1 * exp(H)` on a correct rollout, `-1` on a wrong one."""
     return torch.where(correct, SRFT_RL_SCALE * torch.exp(mean_entropy), -torch.ones_like(mean_entropy))
-
-
-def group_advantages_with_demonstration(
-    rewards: torch.Tensor, demonstration_reward: float, scale: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Advantages of a group that counts its demonstration as one more sample (LUFFY, SRFT).
-
-    Args:
-        rewards (`torch.Tensor` of shape `(num_prompts, num_generations)`): the rollouts' rewards.
-        demonstration_reward (`float`): the reward the demonstration counts with.
-        scale (`str`): `"none"` (mean-centred, the authors') or `"group"` (also divided by the group's std + 1e-4).
-
-    Returns:
-        `(rollout_advantages of shape (num_prompts, num_generations), demonstration_advantages of shape (num_prompts,))`.
-    """
-    group = torch.cat([rewards, rewards.new_full((rewards.size(0), 1), demonstration_reward)], dim=1)
-    centred = group - group.mean(dim=1, keepdim=True)
-    if scale == "group":
-        centred = centred / (group.std(dim=1, keepdim=True) + 1e-4)
-    elif scale != "none":
-        raise ValueError(f"scale_rewards={scale!r} is not supported with a demonstration in the group.")
-    return centred[:, :-1], centred[:, -1]

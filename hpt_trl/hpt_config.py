@@ -76,16 +76,20 @@ class HPTConfig(GRPOConfig):
             `"adaptive"` only: decay of that moving average, per generation batch.
         demonstration_loss (`str`, *optional*, defaults to `"sft"`):
             The term of a demonstration row. `"sft"`: token-mean NLL (weighted by the demonstration weight) times
-            `sft_loss_coef`. `"off_policy"` (LUFFY): the demonstration joins its group as one more sample with reward
-            `demonstration_reward`, the group's advantages are recomputed with it, and each of its tokens adds
-            `-A * p / (p + 0.1)` (p its probability under the policy, no clipping), summed like the RL term
-            (`"dr_grpo"`: divided by rows x `max_completion_length`) and weighted by `rl_loss_coef`. `"srft"`: the
-            authors' SRFT: the off-policy term, plus SFT weighted by `0.5 * exp(-H)` (H the demonstration's mean
-            token entropy, detached), and rollouts weighted by `0.1 * exp(H)` when correct and `-1` when wrong in
-            place of their advantage.
-        demonstration_reward (`float`, *optional*, defaults to `1.0`):
-            `"off_policy"` and `"srft"`: the reward a demonstration counts with in its group (expert solutions are
-            taken as correct; the authors score them with the verifier, which accepts nearly all).
+            `sft_loss_coef`. `"off_policy"` (LUFFY): as in the authors' runs (8 = 7 rollouts + 1 demonstration), the
+            demonstration takes the place of its group's first rollout, which leaves the RL term (the group's RL term
+            has `num_generations - 1` rows). The reward functions score the demonstration as that row's completion
+            (so a demonstration the verifier rejects gets its low reward), and the group advantage is TRL's over the
+            `num_generations - 1` rollouts and the demonstration. Each demonstration token adds `-A * p / (p + 0.1)`
+            (A the demonstration's advantage, p its probability under the policy, no clipping), summed like the RL
+            term (`"dr_grpo"`: divided by rows x `max_completion_length`) and weighted by `rl_loss_coef`. `P` (the
+            gate's count) is taken over the `num_generations` sampled rollouts, the replaced one included: it decides
+            whether a group gets a demonstration, so it does not count the demonstration (the authors' `P`, whose
+            rows always hold one, does); with `gate_strategy="always"` (LUFFY, SRFT) it only feeds the logged
+            `hpt/group_accuracy`. A group without a demonstration keeps its `num_generations` rollouts. `"srft"`:
+            the authors' SRFT, with LUFFY's group: the off-policy term, plus SFT weighted by `0.5 * exp(-H)` (H the
+            demonstration's mean token entropy, detached), and rollouts weighted by `0.1 * exp(H)` when correct and
+            `-1` when wrong in place of their advantage.
 
         > Parameters that control the cost of a training step
 
@@ -206,10 +210,6 @@ class HPTConfig(GRPOConfig):
     demonstration_loss: str = field(
         default="sft",
         metadata={"help": "Loss of a demonstration row.", "choices": list(DEMONSTRATION_LOSSES)},
-    )
-    demonstration_reward: float = field(
-        default=1.0,
-        metadata={"help": "off_policy/srft: the reward a demonstration counts with in its group's advantage."},
     )
     padding_free: bool | None = field(
         default=None,
@@ -400,7 +400,7 @@ class HPTConfig(GRPOConfig):
             "off_policy": {
                 "stabilization_mask": "none",
                 "reference_denominator": "1, shaped p/(p+0.1)",
-                "advantage": "group advantage with the demonstration in the group",
+                "advantage": "group advantage, the verifier-scored demonstration in place of one rollout",
             },
             "srft": {
                 "stabilization_mask": "none",

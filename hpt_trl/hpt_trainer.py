@@ -7,18 +7,25 @@ from typing import Any
 import torch
 from accelerate.logging import get_logger
 from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
 from trl.import_utils import is_vllm_available
 from trl.trainer.utils import get_config_model_id, pad, selective_log_softmax
 
 from .demonstration_losses import (
-    group_advantages_with_demonstration,
     off_policy_token_losses,
     srft_rollout_weights,
     srft_sft_weights,
     weighted_mean_nll,
 )
 from .demonstrations import demonstration_text, tokenize_demonstrations, validate_demonstration_column
-from .gating import AdaptiveGamma, assign_rows, count_correct_rollouts, gate_coefficients, select_rows
+from .gating import (
+    DEMONSTRATION_ROW,
+    AdaptiveGamma,
+    assign_rows,
+    count_correct_rollouts,
+    gate_coefficients,
+    select_rows,
+)
 from .hpt_config import HPTConfig
 from .input_checks import check_dataset_columns, resolve_gate_reward, reward_function_names
 from .packing import Sequence, plan_forward, sequences_from_batch, split_scored, to_rectangle
@@ -71,6 +78,10 @@ class HPTTrainer(GRPOTrainer):
     every rollout that left RL out of TRL's tensors; in the loss (`_compute_loss`) TRL's loss runs on the micro-batch
     as it is (only RL rows carry loss tokens) and the demonstration rows add their terms. The constructor is
     [`~trl.GRPOTrainer`]'s, with an [`HPTConfig`] as `args`.
+
+    With `demonstration_loss="off_policy"` (LUFFY) or `"srft"`, groups are the authors' 7 + 1: a group's demonstration
+    takes the place of its first rollout, is scored by the reward functions (`_calculate_rewards`, before TRL turns
+    the rewards into group advantages) and enters the loss with that row's advantage; the replaced rollout leaves RL.
     """
 
     _tag_names = ["trl", "hpt"]
@@ -128,7 +139,6 @@ class HPTTrainer(GRPOTrainer):
         if self.uses_demonstrations and self._tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token, which HPT appends to every demonstration: set one.")
         self._gate_rewards = None
-        self._total_rewards = None
         self._warned_truncation = False
         self._forward_request = None
         attention = str(getattr(self.model.config, "_attn_implementation", None) or "")
@@ -226,34 +236,106 @@ class HPTTrainer(GRPOTrainer):
         # The gate needs every rollout of a group, and a group can straddle processes: keep the gathered rewards.
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gate_rewards = rewards_per_func[:, self.gate_reward_index]
-        # TRL's total reward ("sum_then_normalize"), for the groups that take their demonstration in as a sample.
-        weights = self.reward_weights.to(rewards_per_func.device)
-        self._total_rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        if not self.model.training:
+            return rewards_per_func
+        # The gate is decided here, from the sampled rollouts, so that a demonstration that replaces a rollout
+        # (LUFFY, SRFT) is scored before TRL turns the rewards into group advantages.
+        self._gate = self._decide_gate(self._gate_rewards)
+        if self.uses_demonstrations and self.args.demonstration_loss != "sft":
+            rewards_per_func = self._score_demonstrations_in_groups(inputs, prompts, completions, rewards_per_func)
+        return rewards_per_func
+
+    def _decide_gate(self, gate_rewards: torch.Tensor):
+        """
+        `(P, gamma, rl_coef, demonstration_coef)` per prompt of the global generation batch. `P` counts the correct
+        rollouts among the `num_generations` sampled ones; with LUFFY/SRFT it includes the rollout that the
+        demonstration then replaces and never the demonstration itself, whose presence is what `P` decides.
+        """
+        correct_counts = count_correct_rollouts(gate_rewards, self.num_generations, self.args.correct_threshold)
+        gamma = self.gamma
+        if self.adaptive_gamma is not None:
+            gamma = self.adaptive_gamma.update((correct_counts.float() / self.num_generations).mean().item())
+        if not self.uses_demonstrations:
+            return correct_counts, gamma, torch.ones(correct_counts.shape), torch.zeros(correct_counts.shape)
+        rl_coef, demonstration_coef = gate_coefficients(
+            correct_counts,
+            self.args.gate_strategy,
+            gamma,
+            tuple(self.args.soft_rl_coefs),
+            tuple(self.args.soft_demonstration_coefs),
+        )
+        return correct_counts, gamma, rl_coef, demonstration_coef
+
+    def _score_demonstrations_in_groups(self, inputs, prompts, completions, rewards_per_func) -> torch.Tensor:
+        """
+        LUFFY/SRFT, 7 + 1: in every group with a demonstration, the demonstration takes the place of the group's
+        first rollout (the row that carries it). It is scored by the reward functions as that row's completion (TRL's
+        `_calculate_rewards`, the row's dataset columns as kwargs), and its scores replace the rollout's in the
+        gathered rewards, from which TRL computes the group advantages as for any row.
+
+        Each process scores the demonstrations of its own rows: one call per reward function, one demonstration per
+        group. Every process must gather the same number of rows, so the calls are padded to the largest count with
+        copies of a local demonstration, whose scores are dropped. The gate is the same on every process, so each
+        knows every process's count and all of them call (or skip) the gather together.
+        """
+        n = self.num_generations
+        num_rows, world, rank = len(prompts), self.accelerator.num_processes, self.accelerator.process_index
+        carrying = (self._gate[3] > 0).nonzero().squeeze(1)
+        global_rows = (carrying * n).to(rewards_per_func.device)  # the first row of each group with a demonstration
+        owner = global_rows // num_rows
+        counts = torch.bincount(owner, minlength=world)
+        slots = int(counts.max()) if global_rows.numel() else 0
+        if slots == 0:
+            return rewards_per_func
+        local = (global_rows[owner == rank] - rank * num_rows).tolist()
+        rows = local + [local[0] if local else 0] * (slots - len(local))
+        texts, demo_ids, truncated = self._pending_demonstrations
+        scored = [
+            self._tokenizer.decode(demo_ids[row], skip_special_tokens=True) if truncated[row] else texts[row]
+            for row in rows
+        ]
+        if is_conversational({"prompt": prompts[0]}):
+            demo_completions = [[{"role": "assistant", "content": text}] for text in scored]
+        else:
+            demo_completions = scored
+        environments = self.environments
+        # Rows that stand in only to pad the call must not write to the completions table or the metrics.
+        self._log_completion_extra = self._log_metric = lambda *args: None
+        if environments is not None:
+            self.environments = [environments[row] for row in rows]
+        try:
+            scores = super()._calculate_rewards(
+                [inputs[row] for row in rows],
+                [prompts[row] for row in rows],
+                demo_completions,
+                [demo_ids[row] for row in rows],
+            )
+        finally:
+            del self._log_completion_extra, self._log_metric
+            self.environments = environments
+        # Process p's j-th scored row is the j-th demonstration row in its slice of the batch.
+        slot = torch.arange(global_rows.numel(), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
+        rewards_per_func = rewards_per_func.clone()
+        rewards_per_func[global_rows] = scores.view(world, slots, -1)[owner, slot]
+        # TRL logs `completions` with the rewards: the table then shows what was scored in that row.
+        for j, row in enumerate(local):
+            completions[row] = demo_completions[j]
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         gating = self.model.training and self.uses_demonstrations
         if gating:
             # Tokenize before generating, so a bad demonstration fails before any compute is spent on its batch.
-            demo_ids, demo_truncated = self._tokenize_demonstrations(inputs)
+            self._pending_demonstrations = self._tokenize_demonstrations(inputs)
+            _, demo_ids, demo_truncated = self._pending_demonstrations
         output = super()._generate_and_score_completions(inputs)
+        self._pending_demonstrations = None
         if not self.model.training:
             return output
 
-        correct_counts = count_correct_rollouts(self._gate_rewards, self.num_generations, self.args.correct_threshold)
-        gamma = self.gamma
-        if self.adaptive_gamma is not None:
-            gamma = self.adaptive_gamma.update((correct_counts.float() / self.num_generations).mean().item())
+        correct_counts, gamma, rl_coef, demonstration_coef = self._gate
         num_truncated = 0
-        demonstration_coef = torch.zeros(correct_counts.shape)
         if gating:
-            rl_coef, demonstration_coef = gate_coefficients(
-                correct_counts,
-                self.args.gate_strategy,
-                gamma,
-                tuple(self.args.soft_rl_coefs),
-                tuple(self.args.soft_demonstration_coefs),
-            )
             first_row = self.accelerator.process_index * len(inputs)
             kinds, rl_weight, demonstration_weight = assign_rows(
                 rl_coef.to(self.accelerator.device),
@@ -263,7 +345,9 @@ class HPTTrainer(GRPOTrainer):
                 num_local_rows=len(inputs),
             )
             if self.args.demonstration_loss != "sft":
-                self._take_demonstrations_into_groups(output, demonstration_coef, first_row, len(inputs))
+                kinds, rl_weight = self._replace_rollouts_with_demonstrations(
+                    output, kinds, rl_weight, demonstration_weight
+                )
             self._swap_in_demonstrations(
                 output,
                 kinds,
@@ -289,21 +373,20 @@ class HPTTrainer(GRPOTrainer):
         self._log_gate(correct_counts, demonstration_coef, gamma, num_truncated)
         return output
 
-    def _take_demonstrations_into_groups(self, output, demonstration_coef, first_row, num_rows) -> None:
-        """LUFFY/SRFT: a group with a demonstration counts it as one more sample in its advantages."""
-        rewards = self._total_rewards.view(-1, self.num_generations)
-        rollout_advantages, demonstration_advantages = group_advantages_with_demonstration(
-            rewards, self.args.demonstration_reward, self.args.scale_rewards
-        )
-        with_demonstration = (demonstration_coef > 0).to(rewards.device)
-        local = slice(first_row, first_row + num_rows)
-        advantages = rollout_advantages.flatten()[local].to(output["advantages"].device)
-        keep = with_demonstration.repeat_interleave(self.num_generations)[local].to(advantages.device)
-        output["advantages"] = torch.where(keep, advantages, output["advantages"])
-        per_row = demonstration_advantages.repeat_interleave(self.num_generations)[local]
-        output["demonstration_advantage"] = per_row.to(output["advantages"].device)
+    def _replace_rollouts_with_demonstrations(self, output, kinds, rl_weight, demonstration_weight):
+        """
+        LUFFY/SRFT: the row that carries a demonstration held the group's first rollout, whose place the demonstration
+        took when the rewards were scored. TRL's advantage of that row is the demonstration's; the rollout leaves RL
+        (RL weight 0, so `_swap_in_demonstrations` neutralises its tensors), and the RL term of the group has
+        `num_generations - 1` rows.
+        """
+        carries = demonstration_weight > 0
+        advantages = output["advantages"]
+        output["demonstration_advantage"] = torch.where(carries.to(advantages.device), advantages, 0.0)
+        kinds = torch.where(carries, DEMONSTRATION_ROW, kinds)
+        return kinds, rl_weight.masked_fill(carries, 0.0)
 
-    def _tokenize_demonstrations(self, inputs: list[dict[str, Any]]) -> tuple[list[list[int]], list[bool]]:
+    def _tokenize_demonstrations(self, inputs: list[dict[str, Any]]) -> tuple[list[str], list[list[int]], list[bool]]:
         column = self.args.demonstration_column
         texts = []
         for row, example in enumerate(inputs):
@@ -313,7 +396,7 @@ class HPTTrainer(GRPOTrainer):
                     "point `demonstration_column` at the column with the expert solutions, or set gamma=-1."
                 )
             texts.append(demonstration_text(example[column], column, row))
-        return tokenize_demonstrations(texts, self._tokenizer, self.max_completion_length, column=column)
+        return texts, *tokenize_demonstrations(texts, self._tokenizer, self.max_completion_length, column=column)
 
     def _log_gate(self, correct_counts, demonstration_coef, gamma, num_truncated) -> None:
         metrics = self._metrics["train"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hpt_testing import NUM_GENERATIONS
 
 
 SCRIPT = Path(__file__).parent / "scripts" / "gate_across_processes.py"
@@ -22,11 +23,14 @@ def run(command, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_two_processes_gate_like_one(tiny_model_dir, tmp_path):
-    one = run([sys.executable, str(SCRIPT), tiny_model_dir, str(tmp_path / "one.json")], tmp_path, "one")
+@pytest.mark.parametrize("demonstration_loss", ["sft", "off_policy"])
+def test_two_processes_gate_like_one(tiny_model_dir, tmp_path, demonstration_loss):
+    one = run(
+        [sys.executable, str(SCRIPT), tiny_model_dir, str(tmp_path / "one.json"), demonstration_loss], tmp_path, "one"
+    )
     two = run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + [str(SCRIPT), tiny_model_dir, str(tmp_path / "two.json")],
+        + [str(SCRIPT), tiny_model_dir, str(tmp_path / "two.json"), demonstration_loss],
         tmp_path,
         "two",
     )
@@ -38,12 +42,25 @@ def test_two_processes_gate_like_one(tiny_model_dir, tmp_path):
     for whole, left, right in zip(single["batches"], first["batches"], second["batches"], strict=True):
         assert left["pids"] + right["pids"] == whole["pids"], "both runs must see the same rows in the same order"
         assert left["kinds"] + right["kinds"] == whole["kinds"]
+        # LUFFY: the straddling group's demonstration, scored on the first process, sets the advantages of its
+        # rollouts on the second; its advantage counts once, on the process that holds its row.
+        for key in ("advantages", "demonstration_advantage"):
+            assert left[key] + right[key] == pytest.approx(whole[key]), key
         straddler = left["pids"][-1]
         assert right["pids"][0] == straddler
         straddling_kinds.add("gated" if straddler % 2 else "rl")
     # A straddling all-correct group (P = 4 > gamma = 2) would be gated if each process counted only its own half;
     # a straddling all-wrong group must put its one demonstration on exactly one process. Both cases occur.
     assert straddling_kinds == {"gated", "rl"}
+    if demonstration_loss == "off_policy":
+        # The demonstration (always right) replaces rollout 0: in an odd, all-wrong group it is 1 - 1/4 above the
+        # mean and the 3 rollouts 1/4 below; an even group is all right, all advantages 0.
+        for batch in single["batches"]:
+            for start in range(0, len(batch["pids"]), NUM_GENERATIONS):
+                odd = batch["pids"][start] % 2
+                assert batch["demonstration_advantage"][start] == pytest.approx(0.75 if odd else 0.0)
+                rollouts = batch["advantages"][start : start + NUM_GENERATIONS]
+                assert rollouts == pytest.approx([0.0] + [-0.25 if odd else 0.0] * (NUM_GENERATIONS - 1))
 
 
 @pytest.mark.slow

@@ -2,21 +2,29 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
-from hpt_testing import NUM_GENERATIONS, make_config, make_dataset, parameters, record_generation_batches
+from hpt_testing import (
+    NUM_GENERATIONS,
+    demonstration_for,
+    make_config,
+    make_dataset,
+    parameters,
+    record_generation_batches,
+)
 
 from hpt_trl import HPTTrainer
-from hpt_trl.demonstration_losses import group_advantages_with_demonstration, off_policy_token_losses
-from hpt_trl.gating import AdaptiveGamma, gate_coefficients
+from hpt_trl.demonstration_losses import off_policy_token_losses
+from hpt_trl.gating import DEMONSTRATION_ROW, RL_ROW, AdaptiveGamma, gate_coefficients
 
 
 SOFT_RL = [0.0, 0.125, 0.25, 0.5, 1.0]
 SOFT_DEMO = [1.0, 0.5, 0.25, 0.125, 0.0]
 
 
-def correct_by_pid(completions, pid, **kwargs):
+def position_rewards(pid):
     """Prompt `pid` gets exactly P = pid % 5 correct rollouts: the first P rows of its group (one process, in order)."""
     rewards, seen = [], {}
     for p in pid:
@@ -24,6 +32,17 @@ def correct_by_pid(completions, pid, **kwargs):
         seen[p] = position + 1
         rewards.append(float(position < p % (NUM_GENERATIONS + 1)))
     return rewards
+
+
+def correct_by_pid(completions, pid, **kwargs):
+    """
+    A verifier for the tiny model: a completion with a boxed answer (the demonstrations) is right when the answer is
+    `2 * pid`; the rollouts, which never write one, are right by position (`position_rewards`).
+    """
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    boxed = [re.search(r"\\boxed\{([^}]*)\}", text) for text in texts]
+    by_position = iter(position_rewards([p for p, b in zip(pid, boxed) if b is None]))
+    return [float(b.group(1) == str(2 * p)) if b else next(by_position) for p, b in zip(pid, boxed)]
 
 
 def test_gate_coefficients_by_strategy():
@@ -50,16 +69,6 @@ def test_adaptive_gamma_follows_the_running_accuracy():
     restored = AdaptiveGamma(8, 0.25, 0.5)
     restored.load_state_dict(json.loads(json.dumps(rule.state_dict())))
     assert (restored.accuracy, restored.num_batches, restored.gamma) == (rule.accuracy, 4, rule.gamma)
-
-
-def test_group_advantages_count_the_demonstration_as_a_sample():
-    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
-    rollouts, demo = group_advantages_with_demonstration(rewards, 1.0, "none")
-    torch.testing.assert_close(rollouts, torch.tensor([[-0.4, -0.4, -0.4, 0.6], [0.0] * 4]))
-    torch.testing.assert_close(demo, torch.tensor([0.6, 0.0]))
-    rollouts, demo = group_advantages_with_demonstration(rewards, 1.0, "group")
-    std = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]).std()
-    torch.testing.assert_close(demo[0], 0.6 / (std + 1e-4))
 
 
 def test_luffy_weight_and_its_gradient():
@@ -91,8 +100,8 @@ def _expected_objective(trainer, batch, mode):
     rows, width = batch["completion_ids"].size(0), args.max_completion_length
     pids = batch["pids"]
     n = NUM_GENERATIONS
-    rewards = torch.tensor(correct_by_pid(None, pids)).view(-1, n)
-    counts = rewards.sum(1).long()
+    rewards = torch.tensor(position_rewards(pids)).view(-1, n)
+    counts = rewards.sum(1).long()  # P: the n sampled rollouts, the one a demonstration replaces included
     if mode == "soft":
         rl_coef = torch.tensor([SOFT_RL[min(int(c), 4)] for c in counts])
         demo_coef = torch.tensor([SOFT_DEMO[min(int(c), 4)] for c in counts])
@@ -101,10 +110,11 @@ def _expected_objective(trainer, batch, mode):
     if mode == "soft":
         advantages = rewards - rewards.mean(1, keepdim=True)
         demo_advantages = None
-    else:  # LUFFY/SRFT: the demonstration (reward 1) is one more sample of the group
-        group_mean = (rewards.sum(1) + 1.0) / (n + 1)
-        advantages = rewards - group_mean.unsqueeze(1)
-        demo_advantages = 1.0 - group_mean
+    else:  # LUFFY/SRFT, 7 + 1: the demonstration (the verifier scores it 1) replaces the group's first rollout
+        rewards[:, 0] = 1.0
+        group_mean = rewards.mean(1, keepdim=True)
+        advantages = rewards - group_mean
+        demo_advantages = advantages[:, 0]
 
     objective = torch.zeros(())
     sft_sum = torch.zeros(())
@@ -112,7 +122,8 @@ def _expected_objective(trainer, batch, mode):
         group, position = divmod(row, n)
         prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
         completion = batch["completion_ids"][row][batch["completion_mask"][row].bool()]
-        if rl_coef[group] > 0 and len(completion):
+        replaced = mode != "soft" and position == 0  # its place is the demonstration's
+        if rl_coef[group] > 0 and len(completion) and not replaced:
             logps, entropy = _plain_logps(model, prompt, completion)
             if mode == "srft":
                 correct = rewards[group, position] == 1
@@ -149,7 +160,7 @@ def test_each_mode_has_the_gradient_of_its_formula(tiny_model_dir, tmp_path, mod
     batches = record_generation_batches(trainer)
     trainer.train()
     batch = batches[0]
-    counts = torch.tensor(correct_by_pid(None, batch["pids"])).view(-1, NUM_GENERATIONS).sum(1)
+    counts = torch.tensor(position_rewards(batch["pids"])).view(-1, NUM_GENERATIONS).sum(1)
     assert sorted(set(counts.tolist())) == [0, 1, 2, 3, 4], "every P of the table must occur"
     if mode == "soft":
         first_rows = batch["demonstration_weight"].view(-1, NUM_GENERATIONS)[:, 0]
@@ -169,6 +180,94 @@ def test_each_mode_has_the_gradient_of_its_formula(tiny_model_dir, tmp_path, mod
         torch.testing.assert_close(g, w, rtol=2e-3, atol=2e-6)
         compared += 1
     assert compared == len(params)
+
+
+def _one_step_with_demonstrations(tiny_model_dir, tmp_path, dataset, **options):
+    """Train one step on all 8 prompts at once; return the gated batch and the rewards TRL's advantages came from."""
+    args = make_config(tmp_path, max_steps=1, per_device_train_batch_size=32, max_completion_length=32, **options)
+    trainer = HPTTrainer(tiny_model_dir, correct_by_pid, args=args, train_dataset=dataset)
+    batches = record_generation_batches(trainer)
+    rewards = []
+    score = trainer._calculate_rewards
+    trainer._calculate_rewards = lambda *a: rewards.append(score(*a)) or rewards[-1]
+    trainer.train()
+    (batch,) = batches
+    return batch, rewards[0][:, 0].view(-1, NUM_GENERATIONS), trainer
+
+
+def test_luffy_group_is_n_minus_1_rollouts_and_the_verified_demonstration(tiny_model_dir, tmp_path):
+    wrong = 3  # this prompt's demonstration has a wrong answer: the verifier rejects it
+    dataset = make_dataset(num_prompts=8).map(
+        lambda x: {"demonstration": "3+3=7. \\boxed{7}" if x["pid"] == wrong else x["demonstration"]}
+    )
+    batch, rewards, _ = _one_step_with_demonstrations(
+        tiny_model_dir, tmp_path, dataset, gate_strategy="always", demonstration_loss="off_policy"
+    )
+    n = NUM_GENERATIONS
+    pids = batch["pids"][::n]
+    sampled = torch.tensor(position_rewards(batch["pids"])).view(-1, n)
+    kinds = batch["hpt_row_kind"].view(-1, n)
+    loss_rows = (batch["completion_mask"].sum(1) > 0).view(-1, n)
+    advantages = batch["advantages"].view(-1, n)
+    for group, pid in enumerate(pids):
+        # The demonstration's reward is the verifier's; the other n - 1 rows keep their rollouts' rewards.
+        demo_reward = float(pid != wrong)
+        assert rewards[group, 0] == demo_reward and torch.equal(rewards[group, 1:], sampled[group, 1:])
+        group_rewards = torch.cat([torch.tensor([demo_reward]), sampled[group, 1:]])
+        expected = group_rewards - group_rewards.mean()
+        assert batch["demonstration_advantage"][group * n].item() == pytest.approx(expected[0].item())
+        torch.testing.assert_close(advantages[group, 1:], expected[1:])
+        # The replaced rollout left the RL term: the group's RL term has n - 1 rows.
+        assert kinds[group].tolist() == [DEMONSTRATION_ROW] + [RL_ROW] * (n - 1)
+        assert loss_rows[group].tolist() == [False] + [True] * (n - 1) and advantages[group, 0] == 0
+        assert batch["demonstration_weight"][group * n] == 1
+    # A rejected demonstration in a group with correct rollouts gets reward 0 and a negative advantage.
+    group = pids.index(wrong)  # P = 3: rollouts 1 and 2 of the 3 kept are correct
+    assert rewards[group, 0] == 0 and batch["demonstration_advantage"][group * n].item() == pytest.approx(-0.5)
+
+
+def test_off_policy_switch_replaces_a_rollout_only_in_gated_groups(tiny_model_dir, tmp_path):
+    batch, rewards, trainer = _one_step_with_demonstrations(
+        tiny_model_dir, tmp_path, make_dataset(num_prompts=8), gamma=1, demonstration_loss="off_policy"
+    )
+    n = NUM_GENERATIONS
+    sampled = torch.tensor(position_rewards(batch["pids"])).view(-1, n)
+    advantages = batch["advantages"].view(-1, n)
+    for group in range(sampled.size(0)):
+        if sampled[group].sum() <= 1:  # gated: the demonstration (reward 1) replaces rollout 0, the rollouts leave RL
+            group_rewards = torch.cat([torch.ones(1), sampled[group, 1:]])
+            assert torch.equal(rewards[group], group_rewards)
+            demo_advantage = batch["demonstration_advantage"][group * n].item()
+            assert demo_advantage == pytest.approx(1 - group_rewards.mean().item())
+            assert (advantages[group] == 0).all()
+        else:  # no demonstration: the group keeps its own n rollouts, their rewards and TRL's advantages
+            assert torch.equal(rewards[group], sampled[group])
+            torch.testing.assert_close(advantages[group], sampled[group] - sampled[group].mean())
+            assert batch["demonstration_weight"][group * n] == 0
+    assert trainer.state.log_history[0]["hpt/group_accuracy"] == pytest.approx(sampled.mean().item())
+
+
+def test_demonstrations_are_scored_once_per_group_as_trained(tiny_model_dir, tmp_path):
+    calls = []
+
+    def recording_reward(completions, **kwargs):
+        calls.append([c[0]["content"] for c in completions])
+        return [0.0] * len(completions)
+
+    width = 6  # shorter than every demonstration: each is cut to its first 6 tokens (one byte each), EOS dropped
+    args = make_config(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=32,
+        max_completion_length=width,
+        gate_strategy="always",
+        demonstration_loss="off_policy",
+    )
+    trainer = HPTTrainer(tiny_model_dir, recording_reward, args=args, train_dataset=make_dataset(num_prompts=8))
+    trainer.train()
+    rollouts, demonstrations = calls  # one call for the 32 rollouts, one for the 8 groups' demonstrations
+    assert len(rollouts) == 32
+    assert sorted(demonstrations) == sorted(demonstration_for(pid)[:width] for pid in range(8))
 
 
 @pytest.mark.parametrize(

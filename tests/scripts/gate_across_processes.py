@@ -1,11 +1,13 @@
 """Train a few HPT steps and write, per generation batch, which rows each process saw and what the gate made them.
 
 Run once as a single process and once with `torchrun --nproc_per_node 2`: the test compares the two.
-Usage: gate_across_processes.py MODEL_DIR OUTPUT_JSON
+Usage: gate_across_processes.py MODEL_DIR OUTPUT_JSON [DEMONSTRATION_LOSS]
+(`off_policy`: LUFFY, every group's demonstration replacing its first rollout; default `sft`: the HPT switch.)
 """
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,13 +22,20 @@ from hpt_trl import HPTTrainer  # noqa: E402
 
 
 def even_prompts_right(completions, pid, **kwargs):
-    return [float(p % 2 == 0) for p in pid]
+    """Rollouts of even prompts are right, of odd ones wrong; a demonstration (a boxed answer) is always right."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(p % 2 == 0 or re.search(r"\\boxed\{", text) is not None) for p, text in zip(pid, texts)]
 
 
-def main(model_dir: str, output_json: str) -> None:
+def main(model_dir: str, output_json: str, demonstration_loss: str = "sft") -> None:
     global_batch = 3 * NUM_GENERATIONS  # three prompt groups: with two processes the middle one straddles them
+    gate = dict(gate_strategy="always") if demonstration_loss == "off_policy" else dict(gamma=NUM_GENERATIONS // 2)
     args = make_config(
-        Path(output_json).parent / "run", gamma=NUM_GENERATIONS // 2, max_steps=4, max_completion_length=8
+        Path(output_json).parent / "run",
+        demonstration_loss=demonstration_loss,
+        max_steps=4,
+        max_completion_length=24 if demonstration_loss == "off_policy" else 8,  # room for the boxed answer
+        **gate,
     )
     args.per_device_train_batch_size = global_batch // args.world_size
     trainer = HPTTrainer(model_dir, even_prompts_right, args=args, train_dataset=make_dataset(num_prompts=12))
@@ -36,7 +45,10 @@ def main(model_dir: str, output_json: str) -> None:
 
     def recording(inputs):
         output = generate(inputs)
-        records.append({"pids": [x["pid"] for x in inputs], "kinds": output["hpt_row_kind"].tolist()})
+        record = {"pids": [x["pid"] for x in inputs], "kinds": output["hpt_row_kind"].tolist()}
+        record["advantages"] = output["advantages"].tolist()
+        record["demonstration_advantage"] = output.get("demonstration_advantage", output["advantages"] * 0).tolist()
+        records.append(record)
         return output
 
     trainer._generate_and_score_completions = recording
