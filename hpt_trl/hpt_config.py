@@ -175,7 +175,9 @@ class HPTConfig(GRPOConfig):
     )
     sft_loss_coef: float = field(
         default=1.0,
-        metadata={"help": "Weight of the SFT term (token-mean NLL of the demonstration tokens of a micro-batch)."},
+        metadata={
+            "help": "Weight of the SFT term (each demonstration's token-mean NLL, over the update's rollout rows)."
+        },
     )
     rl_loss_coef: float = field(
         default=1.0,
