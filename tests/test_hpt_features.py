@@ -311,7 +311,18 @@ def tiny_reward_model_dir(tmp_path_factory):
     return str(folder)
 
 
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    return a * b
+
+
 FEATURE_FAMILIES = {
+    "tools": dict(),
     "several-rewards-weighted": dict(reward_weights=[1.0, 0.5]),
     "reward-model": dict(),
     "moe": dict(),
@@ -335,7 +346,15 @@ def test_each_grpo_feature_family_trains_a_mixed_batch(
     model = tiny_moe_dir if family == "moe" else tiny_model_dir
     options = {"max_completion_length": 16, **FEATURE_FAMILIES[family]}
     args = make_config(tmp_path, gamma=0, max_steps=2, per_device_train_batch_size=32, **options)
-    trainer = HPTTrainer(model, reward_funcs, args=args, train_dataset=make_dataset())
+    extra = {}
+    if family == "tools":
+        from transformers import AutoTokenizer
+        from trl.chat_template_utils import qwen2_5_chat_template
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tokenizer.chat_template = qwen2_5_chat_template  # a template TRL can render and parse tool calls with
+        extra = dict(tools=[multiply], processing_class=tokenizer)
+    trainer = HPTTrainer(model, reward_funcs, args=args, train_dataset=make_dataset(), **extra)
     batches, changed = train_and_check_both_terms(trainer)
     assert changed
     # Every generation batch holds the 8 prompts: the 4 odd ones gated, and the even ones with a correct rollout in RL.
@@ -343,6 +362,9 @@ def test_each_grpo_feature_family_trains_a_mixed_batch(
     assert ratios and all(0.5 <= ratio < 1 for ratio in ratios), ratios
     kinds = torch.cat([batch["hpt_row_kind"] for batch in batches])
     assert (kinds == RL_ROW).any() and (kinds == DEMONSTRATION_ROW).any()
+    if family == "tools":
+        assert all("tool_mask" in batch for batch in batches)
+        assert all("tools/call_frequency" in log for log in trainer.state.log_history[:-1])
     if family == "moe":
         assert all(log["aux_loss"] > 0 for log in trainer.state.log_history[:-1])
     if family == "reward-model":
