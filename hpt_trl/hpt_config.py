@@ -108,9 +108,11 @@ class HPTConfig(GRPOConfig):
         > Parameters of the authors' recipes
 
         entropy_coverage (`str`, *optional*, defaults to `"rollouts"`):
-            With demonstrations and an entropy bonus (`entropy_coef` or `use_adaptive_entropy`), the tokens the bonus
-            covers: `"rollouts"` (the RL rows' loss tokens, as TRL) or `"rollouts_and_demonstrations"` (the authors':
-            their bonus is the entropy of every row of a micro-batch). Its weight is in the loss formula below.
+            With an entropy bonus (`entropy_coef` or `use_adaptive_entropy`), the tokens it covers: `"rollouts"` (the
+            RL rows' loss tokens, as TRL) or `"rollouts_and_demonstrations"` (the authors': their bonus is the entropy
+            of every row of a micro-batch). With demonstrations, and with `"rollouts_and_demonstrations"` also at
+            `gamma=-1` (the paper's GRPO baseline, whose rows are all rollouts), the bonus is HPT's, weighed as in the
+            loss formula below; at `gamma=-1` with `"rollouts"` it is TRL's (a token mean per micro-batch).
         grad_norm_skip_threshold (`float` or `None`, *optional*, defaults to `None`):
             Skip the optimizer update (no parameter, moment or step-count change) when the gradient norm before
             clipping exceeds this value or is not finite, as the authors' Qwen scripts (`MAX_GRAD_NORM=80`, on their
@@ -147,7 +149,8 @@ class HPTConfig(GRPOConfig):
     averaged), which matters only for the thresholds `max_grad_norm` and `grad_norm_skip_threshold`: the recipes
     divide the authors' values by 64. Other `loss_type`s replace the first line by TRL's loss for that type.
     `"bnpo"` is a token mean per micro-batch in TRL, so its weight depends on the split; `"dapo"` is not. With
-    `gamma=-1` (no demonstrations) the trainer is [`~trl.GRPOTrainer`], entropy bonus included.
+    `gamma=-1` (no demonstrations) the trainer is [`~trl.GRPOTrainer`], and so is its entropy bonus unless
+    `entropy_coverage="rollouts_and_demonstrations"` asks for the authors' (see there).
 
     PPO's clipping, which the authors remove: with `steps_per_generation` equal to `gradient_accumulation_steps` and
     `num_iterations=1` every update is on-policy, the ratio is exactly 1 and the clip never acts. The authors make two
@@ -326,15 +329,18 @@ class HPTConfig(GRPOConfig):
 
         if self.entropy_coverage not in ENTROPY_COVERAGES:
             raise ValueError(f"entropy_coverage must be one of {ENTROPY_COVERAGES}, got {self.entropy_coverage!r}.")
-        entropy_bonus = self.entropy_coef != 0.0 or self.use_adaptive_entropy
-        if entropy_bonus and self.uses_demonstrations:
+        if self.hpt_entropy_bonus and (self.entropy_coef != 0.0 or self.use_adaptive_entropy):
             if self.top_entropy_quantile < 1.0:
                 raise ValueError(
-                    f"top_entropy_quantile={self.top_entropy_quantile} with an entropy bonus and demonstrations: the "
-                    "quantile mask is taken per micro-batch, so the bonus would depend on how a batch is split. Set "
-                    "top_entropy_quantile=1.0 or entropy_coef=0."
+                    f"top_entropy_quantile={self.top_entropy_quantile} with HPT's entropy bonus (demonstrations, or "
+                    "entropy_coverage='rollouts_and_demonstrations'): the quantile mask is taken per micro-batch, so "
+                    "the bonus would depend on how a batch is split. Set top_entropy_quantile=1.0 or entropy_coef=0."
                 )
-            if self.entropy_coverage == "rollouts_and_demonstrations" and self.temperature != 1.0:
+            if (
+                self.uses_demonstrations
+                and self.entropy_coverage == "rollouts_and_demonstrations"
+                and self.temperature != 1.0
+            ):
                 raise ValueError(
                     "entropy_coverage='rollouts_and_demonstrations' measures the demonstrations' entropy at "
                     f"temperature 1, the rollouts' at the sampling temperature ({self.temperature}): set "
@@ -379,6 +385,11 @@ class HPTConfig(GRPOConfig):
         if self.demonstration_loss == "srft":
             reasons.append("demonstration_loss='srft' (it replaces the rollouts' advantages)")
         return reasons
+
+    @property
+    def hpt_entropy_bonus(self) -> bool:
+        """Whether an entropy bonus is HPT's (per update row, over `entropy_coverage`) rather than TRL's."""
+        return self.uses_demonstrations or self.entropy_coverage == "rollouts_and_demonstrations"
 
     @property
     def uses_demonstrations(self) -> bool:

@@ -149,9 +149,9 @@ class HPTTrainer(GRPOTrainer):
         self._layout = ("packed" if flash else "bins") if self.padding_free else "padded"
         skip = args.skip_zero_advantage_rows
         self.skip_zero_advantage_rows = not args.zero_advantage_gradient_terms() if skip is None else skip
-        # With demonstrations HPT adds the entropy bonus itself (normalised per update row, over `entropy_coverage`);
+        # With demonstrations, or the authors' coverage, HPT adds the entropy bonus itself (normalised per update row);
         # TRL's is a token mean per micro-batch, whose weight would depend on how a batch is split.
-        self._hpt_entropy_bonus = self.uses_demonstrations and self._entropy_bonus_enabled
+        self._hpt_entropy_bonus = self._entropy_bonus_enabled and args.hpt_entropy_bonus
         if self._hpt_entropy_bonus:
             self._entropy_bonus_enabled = False
 

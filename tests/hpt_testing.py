@@ -160,6 +160,7 @@ LAYOUT_MODES = {
     "always-sft": dict(gate_strategy="always"),
     "luffy": dict(gate_strategy="always", demonstration_loss="off_policy"),
     "srft": dict(gate_strategy="always", demonstration_loss="srft"),
+    "grpo-authors-entropy": dict(gamma=-1),  # the paper's GRPO baseline: HPT's bonus over its rollouts
 }
 
 
@@ -196,5 +197,6 @@ def one_step_update(model_dir, output_dir, mode: str, per_device_train_batch_siz
     trainer.train()
     after = parameters(trainer.model)
     logs = trainer.state.log_history[0]
-    assert 0 < logs["hpt/sft_prompt_ratio"] and (mode != "switch" or logs["hpt/sft_prompt_ratio"] < 1)
+    ratio = logs["hpt/sft_prompt_ratio"]
+    assert (ratio == 0) if mode.startswith("grpo") else (0 < ratio and (mode != "switch" or ratio < 1))
     return {name: after[name] - before[name] for name in before}

@@ -23,15 +23,16 @@ from hpt_trl.gating import DEMONSTRATION_ROW, DROPPED_ROW, RL_ROW
 
 
 @pytest.mark.parametrize(
-    "cost_options, exact",
+    "cost_options, exact, entropy_coef",
     [
-        (dict(padding_free=False, skip_zero_advantage_rows=False), True),
-        (dict(padding_free=True), False),  # packed, and zero-advantage rows skipped (the default here)
+        (dict(padding_free=False, skip_zero_advantage_rows=False), True, 0.0),
+        (dict(padding_free=True), False, 0.0),  # packed, and zero-advantage rows skipped (the default here)
+        (dict(padding_free=False, skip_zero_advantage_rows=False), True, 0.01),  # TRL's entropy bonus, as TRL's
     ],
 )
-def test_gamma_minus_one_is_grpo(tiny_model_dir, tmp_path, cost_options, exact):
+def test_gamma_minus_one_is_grpo(tiny_model_dir, tmp_path, cost_options, exact, entropy_coef):
     """With SFT off, HPT must reproduce GRPOTrainer: exactly on TRL's rectangle, to float rounding when packed."""
-    common = dict(gradient_accumulation_steps=2, loss_type="dr_grpo", scale_rewards="none")
+    common = dict(gradient_accumulation_steps=2, loss_type="dr_grpo", scale_rewards="none", entropy_coef=entropy_coef)
     hpt_args = make_config(tmp_path / "hpt", gamma=-1, **common, **cost_options)
     grpo_args = GRPOConfig(**base_kwargs(tmp_path / "grpo"), **common)
 
