@@ -328,8 +328,21 @@ def show_messages() -> None:
 
 
 def command_line(argv: list[str]) -> list[str]:
-    """With no arguments, train.py is the offline demo: HPT on the built-in arithmetic task, on CPU."""
-    return argv or ["--config", str(DEMO_RECIPE)]
+    """
+    Without `--config`, train.py is the offline demo: the built-in task's recipe of `--method`
+    (`recipes/toy_<method>.yaml`, HPT by default), on CPU, with the other arguments applied on top of it (so
+    `python train.py --method grpo` or `--max_steps 30` changes the demo instead of dropping it).
+    """
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+        return argv
+    method = "hpt"
+    for index, arg in enumerate(argv):
+        if arg == "--method" and index + 1 < len(argv):
+            method = argv[index + 1]
+        elif arg.startswith("--method="):
+            method = arg.split("=", 1)[1]
+    recipe = DEMO_RECIPE.parent / f"toy_{method}.yaml"
+    return ["--config", str(recipe if recipe.is_file() else DEMO_RECIPE), *argv]
 
 
 def cpu_deepspeed_arguments() -> list[str]:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
+from hpt_trl.demo import BUILTIN_DATASET  # noqa: E402
 
 
 def small(tmp_path, method="hpt", steps=4) -> list[str]:
@@ -51,6 +52,23 @@ def metrics(output_dir: Path) -> list[dict]:
 def test_no_arguments_means_the_demo_recipe():
     assert train_script.command_line([]) == ["--config", str(ROOT / "recipes" / "toy_hpt.yaml")]
     assert train_script.command_line(["--config", "x.yaml"]) == ["--config", "x.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "recipe", "method", "max_steps"),
+    [
+        (["--method", "grpo"], "toy_grpo.yaml", "grpo", 200),
+        (["--method=sft_then_grpo"], "toy_sft_then_grpo.yaml", "sft_then_grpo", 200),
+        (["--max_steps", "30"], "toy_hpt.yaml", "hpt", 30),
+    ],
+)
+def test_arguments_without_a_config_change_the_demo_instead_of_dropping_it(argv, recipe, method, max_steps):
+    command = train_script.command_line(argv)
+    assert command == ["--config", str(ROOT / "recipes" / recipe), *argv]
+    script_args, args, model_args, _ = train_script.make_parser().parse_args_and_config(args=command)
+    assert script_args.method == method and args.max_steps == max_steps
+    # The demo recipe's CPU settings stay (a dropped recipe failed on TRL's bf16 default on a CPU machine).
+    assert args.use_cpu and not args.bf16 and script_args.dataset_name == BUILTIN_DATASET
 
 
 def test_demo_trains_reports_and_plots(tmp_path):
