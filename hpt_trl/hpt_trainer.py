@@ -211,13 +211,15 @@ class HPTTrainer(GRPOTrainer):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         threshold = self.args.grad_norm_skip_threshold
         if threshold is not None:
-            skip = not float(grad_norm) <= threshold  # a non-finite norm is skipped too
+            norm = float(grad_norm)
+            skip = not norm <= threshold  # a non-finite norm is skipped too
             if skip:
                 # An optimizer skips parameters without a gradient: no parameter, moment or step-count change.
                 for parameter in model.parameters():
                     parameter.grad = None
                 logger.warning(
-                    f"Skipped the update of step {self.state.global_step + 1}: gradient norm {float(grad_norm):.4g} > grad_norm_skip_threshold={threshold}."
+                    f"Skipped the update of step {self.state.global_step + 1}: gradient norm {norm:.4g} > "
+                    f"grad_norm_skip_threshold={threshold}."
                 )
             self._metrics["train"]["hpt/skipped_update"].append(float(skip))
         return grad_norm
@@ -526,7 +528,9 @@ class HPTTrainer(GRPOTrainer):
             )
             if self.args.demonstration_loss in ("sft", "srft"):
                 loss = loss + self.args.sft_loss_coef * nll_sum / update_rows
-                sums["hpt/sft_loss"] = [self._mean_nll_sum(logps, device), num_demonstrations.float()]
+                # Logged unweighted: the mean over demonstrations of their token-mean NLL.
+                unweighted, _ = weighted_mean_nll([lp.detach() for lp in logps], torch.ones(len(logps), device=device))
+                sums["hpt/sft_loss"] = [unweighted, num_demonstrations.float()]
             if off_policy_loss is not None:
                 loss = loss + self.args.rl_loss_coef * off_policy_loss / accumulation
                 has_demo = torch.tensor(float(demo_rows.numel() > 0), device=device)
@@ -566,11 +570,12 @@ class HPTTrainer(GRPOTrainer):
         # log for this config is in every step's log.
         metrics = self._metrics["train"]
         if self.model.training and any(metrics.values()):
+            mode = self.args.demonstration_loss
             terms = ["hpt/rl_loss"]
-            if self.uses_demonstrations:
-                terms += {"sft": ["hpt/sft_loss"], "off_policy": ["hpt/off_policy_loss"]}.get(
-                    self.args.demonstration_loss, ["hpt/sft_loss", "hpt/off_policy_loss"]
-                )
+            if self.uses_demonstrations and mode in ("sft", "srft"):
+                terms.append("hpt/sft_loss")
+            if self.uses_demonstrations and mode in ("off_policy", "srft"):
+                terms.append("hpt/off_policy_loss")
             for key in (*self._rl_token_metric_keys(), *terms):
                 if not metrics.get(key):
                     metrics[key] = [0.0]
@@ -612,13 +617,6 @@ class HPTTrainer(GRPOTrainer):
     def _log_policy_loss(self, policy_loss: torch.Tensor) -> None:
         # TRL logs its policy term beside the entropy bonus; HPT's bonus replaces TRL's, so it logs it here.
         self._metrics["train"]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
-
-    @staticmethod
-    def _mean_nll_sum(logps: list[torch.Tensor], device) -> torch.Tensor:
-        """The sum over demonstrations of each one's token-mean NLL (unweighted, for the logged `hpt/sft_loss`)."""
-        if not logps:
-            return torch.zeros((), device=device)
-        return torch.stack([-lp.detach().mean() for lp in logps]).sum()
 
     def _demonstration_terms(self, inputs, demo_rows, logps, entropies):
         """The weighted sum of the demonstrations' token-mean NLL, their number, and the off-policy term (or None)."""
