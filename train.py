@@ -37,7 +37,6 @@ from hpt_trl import HPTConfig, HPTTrainer
 from hpt_trl.checkpoints import (
     TRAINER_STATE_NAME,
     check_requested_checkpoint,
-    checkpoint_step,
     find_resume_checkpoint,
     has_final_model,
 )
@@ -90,20 +89,19 @@ def resolve_checkpoint(training_args: HPTConfig) -> str | None:
     return str(last)
 
 
-def is_finished(training_args: HPTConfig, checkpoint: str) -> bool:
+def is_finished(training_args: HPTConfig, state: TrainerState) -> bool:
     """
-    Whether a checkpoint is the end of the run: its step reached `max_steps` (or, without `max_steps`, its epoch
-    reached `num_train_epochs`).
+    Whether a checkpoint's state is the end of the run: its step reached `max_steps` (or, without `max_steps`, its
+    epoch reached `num_train_epochs`).
 
     Such a checkpoint must not go to `trainer.train()`: transformers stops a run only after an optimizer step
     (`DefaultFlowCallback.on_step_end`), so a run resumed at `global_step == max_steps` trains one step more
     (GRPOTrainer's dataloader is longer than `max_steps`, so the epoch does not end first), saves `checkpoint-{N+1}`
     and overwrites the final model.
     """
-    state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
     if training_args.max_steps > 0:
-        return state["global_step"] >= training_args.max_steps
-    return (state.get("epoch") or 0) >= training_args.num_train_epochs - 1e-6
+        return state.global_step >= training_args.max_steps
+    return (state.epoch or 0) >= training_args.num_train_epochs - 1e-6
 
 
 def check_model_name(script_args: HPTScriptArguments, model_args: ModelConfig) -> ModelConfig:
@@ -176,7 +174,9 @@ def train(
 ) -> HPTTrainer | None:
     """One training run (or stage); `None` when `output_dir` holds the run finished, which is then left untouched."""
     checkpoint = resolve_checkpoint(training_args)
-    finalize_only = checkpoint is not None and is_finished(training_args, checkpoint)
+    # The checkpoint's state, read once (resolve_checkpoint checked that it parses).
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
+    finalize_only = state is not None and is_finished(training_args, state)
     if finalize_only:
         if has_final_model(training_args.output_dir):
             logger.warning(
@@ -190,7 +190,7 @@ def train(
             "holds no final model (the run stopped while saving it): saving it from the checkpoint, without training."
         )
     elif checkpoint is not None:
-        logger.info(f"Resuming from {Path(checkpoint).name} (step {checkpoint_step(checkpoint)}): {checkpoint}")
+        logger.info(f"Resuming from {Path(checkpoint).name} (step {state.global_step}): {checkpoint}")
     set_seed(training_args.seed)
     builtin_task = script_args.dataset_name == BUILTIN_DATASET
     if model_args.model_name_or_path == BUILTIN_MODEL:
@@ -224,9 +224,7 @@ def train(
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
         callbacks=[
-            MetricsFileCallback(
-                metrics_path, step_offset=step_offset, resume_step=checkpoint_step(checkpoint) if checkpoint else 0
-            )
+            MetricsFileCallback(metrics_path, step_offset=step_offset, resume_step=state.global_step if state else 0)
         ],
     )
     # transformers writes the full metrics dict (30-odd keys) at every step; every metric goes to report_to and
@@ -237,7 +235,7 @@ def train(
             trainer.add_callback(compact)
     if finalize_only:
         trainer._load_from_checkpoint(checkpoint)
-        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        trainer.state = state
     elif eval_dataset is not None:
         # The untrained model's accuracy is step 0 of the metrics file; a resumed run or a second stage has it there.
         if step_offset == 0 and checkpoint is None and trainer.is_world_process_zero():
