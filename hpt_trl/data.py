@@ -2,8 +2,9 @@
 Loading HPT training data: prompts, expert demonstrations and gold answers, in the form [`HPTTrainer`] expects.
 
 The authors train on the Hub dataset `Elliott/Openr1-Math-46k-8192` (verl schema): `prompt` (chat messages with a
-system prompt, which their `data/prepare_train.py` drops, as `keep_system_prompt=False` does here), `target` (`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose
-`ground_truth` is the gold answer), `data_source`, `ability`, `extra_info`. [`load_hpt_dataset`] turns that schema, or
+system prompt, which their `data/prepare_train.py` drops, as `keep_system_prompt=False` does here), `target`
+(`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose `ground_truth` is the gold
+answer), `data_source`, `ability`, `extra_info`. [`load_hpt_dataset`] turns that schema, or
 any dataset whose columns are named through arguments, into three columns:
 
 - `prompt`: chat messages (`prompt_template="chat"`), the base-model "Question/Answer" string

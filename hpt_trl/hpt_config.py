@@ -234,8 +234,8 @@ class HPTConfig(GRPOConfig):
     entropy_coverage: str = field(
         default="rollouts",
         metadata={
-            "help": "Tokens the entropy bonus covers when demonstrations are used: 'rollouts' (TRL's) or "
-            "'rollouts_and_demonstrations' (the authors').",
+            "help": "Tokens the entropy bonus covers: 'rollouts' (TRL's) or 'rollouts_and_demonstrations' (the "
+            "authors', which also selects HPT's per-row bonus at gamma=-1).",
             "choices": list(ENTROPY_COVERAGES),
         },
     )
