@@ -8,7 +8,7 @@ one 1-D tensor per demonstration row, and a per-row weight (the gate's demonstra
 - Off-policy (LUFFY): denominator 1 with the shaping f(p) = p / (p + 0.1), the group's advantage, no clipping. As in
   the authors' runs (n = 8 = 7 rollouts + 1 demonstration), the demonstration takes the place of one rollout of its
   group, is scored by the reward functions (the verifier) and gets TRL's group advantage over the n rows
-  (`HPTTrainer._score_demonstrations_in_groups`).
+  (`hpt_trl.group_demonstrations`).
 - SRFT: SFT weighted by 0.5 * exp(-H) with H the row's mean token entropy (detached), as the authors' SRFT code.
 """
 
@@ -52,3 +52,55 @@ def srft_sft_weights(entropies: list[torch.Tensor]) -> torch.Tensor:
 def srft_rollout_weights(mean_entropy: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """SRFT's on-policy weight in place of the advantage: `0.1 * exp(H)` on a correct rollout, `-1` on a wrong one."""
     return torch.where(correct, SRFT_RL_SCALE * torch.exp(mean_entropy), -torch.ones_like(mean_entropy))
+
+
+def sum_like_rl_term(
+    token_losses: list[torch.Tensor],
+    weights: torch.Tensor,
+    anchor: torch.Tensor,
+    loss_type: str,
+    rows: int,
+    max_completion_length: int,
+) -> torch.Tensor:
+    """
+    Aggregate per-row token losses as TRL aggregates the RL term of a micro-batch of `rows` rows: `dr_grpo` sums over
+    tokens and divides by `rows * max_completion_length`, the others average per row. `anchor` (a 0-dim tensor of
+    the forward's graph) gives the zero when there is no row.
+    """
+    if not token_losses:
+        return anchor * 0
+    if loss_type == "dr_grpo":
+        per_row = torch.stack([losses.sum() for losses in token_losses])
+        return (weights * per_row).sum() / (rows * max_completion_length)
+    per_row = torch.stack([losses.mean() if len(losses) else losses.sum() for losses in token_losses])
+    return (weights * per_row).sum() / rows
+
+
+def demonstration_terms(
+    mode: str,
+    logps: list[torch.Tensor],
+    entropies: list[torch.Tensor] | None,
+    weights: torch.Tensor,
+    advantages: torch.Tensor | None,
+    aggregate,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """
+    The demonstrations' terms for `demonstration_loss=mode`: the weighted sum of their token-mean NLL (SRFT: weighted
+    by `0.5 exp(-H)`), their number, and the off-policy term (LUFFY, SRFT; else `None`), aggregated by `aggregate`
+    (a [`sum_like_rl_term`] with the trainer's settings) as the RL term is.
+    """
+    sft_weights = weights * srft_sft_weights(entropies) if mode == "srft" and logps else weights
+    nll_sum, num_demonstrations = weighted_mean_nll(logps, sft_weights)
+    off_policy_loss = None
+    if mode in ("off_policy", "srft"):
+        off_policy_loss = aggregate(off_policy_token_losses(logps, advantages), weights, nll_sum)
+    return nll_sum, num_demonstrations, off_policy_loss
+
+
+def srft_rollout_token_losses(
+    row_logps: torch.Tensor, row_entropies: torch.Tensor, row_mask: torch.Tensor, correct: torch.Tensor, rl_weight
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """SRFT's on-policy term per rollout: token losses `-log p` and the row weight `w * rl_weight` (see above)."""
+    mean_entropy = (row_entropies.detach() * row_mask).sum(1) / row_mask.sum(1).clamp(min=1)
+    weights = srft_rollout_weights(mean_entropy, correct) * rl_weight
+    return [-(lp * m)[m.bool()] for lp, m in zip(row_logps, row_mask)], weights

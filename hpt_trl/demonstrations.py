@@ -98,3 +98,18 @@ def tokenize_demonstrations(
     token_ids = [by_text[text][0] for text in texts]
     truncated = [by_text[text][1] for text in texts]
     return token_ids, truncated
+
+
+def tokenize_batch_demonstrations(
+    inputs: list[dict[str, Any]], column: str, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> tuple[list[str], list[list[int]], list[bool]]:
+    """The demonstrations of a generation batch's rows: their texts, token ids (EOS appended) and truncation flags."""
+    texts = []
+    for row, example in enumerate(inputs):
+        if column not in example:
+            raise ValueError(
+                f"A training example has no demonstration column '{column}' (keys: {list(example)}). Add it, "
+                "point `demonstration_column` at the column with the expert solutions, or set gamma=-1."
+            )
+        texts.append(demonstration_text(example[column], column, row))
+    return texts, *tokenize_demonstrations(texts, tokenizer, max_length, column=column)

@@ -1,6 +1,9 @@
 """The HPT gate: which prompts of a generation batch are trained with SFT and which rows carry what."""
 
+import json
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -123,11 +126,61 @@ class AdaptiveGamma:
         value = math.floor(self.num_generations * (self.target_accuracy - self.accuracy) + 0.5)
         return max(0, min(self.num_generations, value))
 
+    STATE_FILE = "hpt_gate_state.json"  # in each checkpoint folder
+
+    def save(self, checkpoint: str) -> None:
+        with open(os.path.join(checkpoint, self.STATE_FILE), "w") as f:
+            json.dump(self.state_dict(), f)
+
+    def load(self, checkpoint: str) -> None:
+        """Restore the state saved in `checkpoint`; a checkpoint written without it leaves the state as it is."""
+        path = os.path.join(checkpoint, self.STATE_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.load_state_dict(json.load(f))
+
     def state_dict(self) -> dict:
         return {"accuracy": self.accuracy, "num_batches": self.num_batches}
 
     def load_state_dict(self, state: dict) -> None:
         self.accuracy, self.num_batches = state["accuracy"], state["num_batches"]
+
+
+@dataclass
+class GateDecision:
+    """What the gate decided for one generation batch, per prompt of the global batch (the same on every process)."""
+
+    correct_counts: torch.Tensor  # P: correct rollouts among the num_generations sampled ones
+    gamma: int  # the threshold in force (it moves with the adaptive gate)
+    rl_coef: torch.Tensor  # weight of the prompt's RL term
+    demonstration_coef: torch.Tensor  # weight of the prompt's demonstration term
+    gate_rewards: torch.Tensor  # the gate reward of every rollout, gathered (SRFT's correct flags read it)
+
+
+def decide_gate(
+    gate_rewards: torch.Tensor,
+    num_generations: int,
+    correct_threshold: float,
+    strategy: str,
+    gamma: int,
+    soft_tables: tuple[tuple[float, ...], tuple[float, ...]],
+    adaptive_gamma: "AdaptiveGamma | None" = None,
+    uses_demonstrations: bool = True,
+) -> GateDecision:
+    """
+    The paper's gate for one generation batch: count `P` per prompt, then weigh its RL and demonstration terms.
+
+    With LUFFY/SRFT, `P` includes the rollout that the demonstration then replaces and never the demonstration itself,
+    whose presence is what `P` decides. Without demonstrations (`gamma=-1`) every prompt stays in RL.
+    """
+    correct_counts = count_correct_rollouts(gate_rewards, num_generations, correct_threshold)
+    if adaptive_gamma is not None:
+        gamma = adaptive_gamma.update((correct_counts.float() / num_generations).mean().item())
+    if not uses_demonstrations:
+        rl_coef, demonstration_coef = torch.ones(correct_counts.shape), torch.zeros(correct_counts.shape)
+    else:
+        rl_coef, demonstration_coef = gate_coefficients(correct_counts, strategy, gamma, *soft_tables)
+    return GateDecision(correct_counts, gamma, rl_coef, demonstration_coef, gate_rewards)
 
 
 def assign_rows(

@@ -81,3 +81,22 @@ def check_dataset_columns(dataset, reward_funcs, prompt_column: str = "prompt") 
                 f"not have (columns: {columns}). Add the column(s), rename them, or give the parameter a default "
                 "(with train.py, --dataset_solution_column names the column holding the ground truth)."
             )
+
+
+def check_trainer_inputs(args, reward_funcs, train_dataset, rollout_func) -> int:
+    """Every check `HPTTrainer` can make before loading the model; returns the gate reward's index."""
+    from trl.import_utils import is_vllm_available
+
+    from .demonstrations import validate_demonstration_column
+
+    if args.use_vllm and not is_vllm_available():
+        raise ImportError(
+            "use_vllm=True but vLLM is not installed. Install it on a CUDA machine with "
+            "`pip install 'hpt-trl[vllm]'` (TRL's supported vLLM range), or set use_vllm=False to generate with "
+            "transformers."
+        )
+    if args.uses_demonstrations and train_dataset is not None:
+        validate_demonstration_column(train_dataset, args.demonstration_column)
+    if train_dataset is not None and rollout_func is None:  # a rollout_func may add columns
+        check_dataset_columns(train_dataset, reward_funcs)
+    return resolve_gate_reward(args.gate_reward, reward_function_names(reward_funcs))

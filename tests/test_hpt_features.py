@@ -15,9 +15,9 @@ from hpt_testing import (
 from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 
-from hpt_trl import HPTTrainer
+from hpt_trl import HPTTrainer, hpt_trainer
+from hpt_trl.forward_planner import ForwardRequest
 from hpt_trl.gating import DEMONSTRATION_ROW, RL_ROW, select_rows
-from hpt_trl.hpt_trainer import _ForwardRequest
 
 
 def mixed_reward(completions, pid, **kwargs):
@@ -75,18 +75,18 @@ def test_num_iterations_reuses_demonstrations_with_old_logps(tiny_model_dir, tmp
         assert torch.all(batch["old_per_token_logps"][left] == 0)
 
 
-def test_vllm_fields_of_gated_rows_are_neutralised(tiny_model_dir, tmp_path):
+def test_vllm_fields_of_gated_rows_are_neutralised(tiny_model_dir, tmp_path, monkeypatch):
     """A generation batch carrying what vLLM mode adds: whatever the rows that left RL held, the loss is the same."""
     args = make_config(tmp_path, gamma=0, beta=0.1, max_completion_length=16, per_device_train_batch_size=16)
     trainer = HPTTrainer(tiny_model_dir, mixed_reward, args=args, train_dataset=make_dataset())
     swaps = []
-    swap = trainer._swap_in_demonstrations
+    swap = hpt_trainer.add_demonstration_rows
 
     def recording(output, *args, **kwargs):
         swaps.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()}, args, kwargs))
         return swap(output, *args, **kwargs)
 
-    trainer._swap_in_demonstrations = recording
+    monkeypatch.setattr(hpt_trainer, "add_demonstration_rows", recording)
     trainer.train()
     trainer.model.train()
     # vLLM mode adds sampling log-probs, old log-probs and the importance-sampling ratio; turn its correction on.
@@ -135,13 +135,15 @@ def test_vllm_fields_of_gated_rows_are_neutralised(tiny_model_dir, tmp_path):
 def training_path_demonstration_nll(trainer, demo):
     """The demonstrations' NLL along the path training takes: the RL rows' forward at temperature 1, else its own."""
     if trainer.temperature == 1.0:
-        request = _ForwardRequest(
+        request = ForwardRequest(
             rows=[], extra=trainer._demonstration_sequences(demo, torch.arange(demo["prompt_ids"].size(0)))
         )
-        trainer._forward_request = request
         input_ids = torch.cat([demo["prompt_ids"], demo["completion_ids"]], dim=1)
         attention = torch.cat([demo["prompt_mask"], demo["completion_mask"]], dim=1)
-        trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention, demo["completion_ids"].size(1))
+        with trainer.planned_forward(request):
+            trainer._get_per_token_logps_and_entropies(
+                trainer.model, input_ids, attention, demo["completion_ids"].size(1)
+            )
         logps = request.extra_logps
     else:
         logps = trainer._demonstration_logps(trainer.model, demo)
