@@ -7,7 +7,7 @@ forward (HPT's demonstrations), then calls TRL's `_compute_loss` as it is. TRL's
 `_get_per_token_logps_and_entropies`, which this mixin overrides: the named rows (and the extra sequences) are
 packed without padding (`padding_free`) or padded no wider than the longest of them, and the result is handed back as
 TRL's `(batch, completion)` rectangle, zeros in the rows left out. The loss is the same with the planner on or off;
-only the cost changes (`benchmarks/step_cost.py`). Nothing here knows about HPT's gate.
+only the cost changes (`benchmarks/step_cost.py`). The planner knows rows and sequences, not the gate that chose them.
 """
 
 from contextlib import contextmanager

@@ -70,8 +70,9 @@ class HPTTrainer(PlannedForward, GRPOTrainer):
     is the same with it on or off. The constructor is [`~trl.GRPOTrainer`]'s, with an [`HPTConfig`] as `args`.
 
     With `demonstration_loss="off_policy"` (LUFFY) or `"srft"`, groups are the authors' 7 + 1: a group's demonstration
-    takes the place of its first rollout, is scored by the reward functions (before TRL turns the rewards into
-    group advantages, [`~hpt_trl.group_demonstrations`]) and enters the loss with that row's advantage; the replaced rollout leaves RL.
+    takes the place of its first rollout, is scored by the reward functions before TRL turns the rewards into group
+    advantages, and enters the loss with that row's advantage; the replaced rollout leaves RL
+    ([`~hpt_trl.group_demonstrations`]).
     """
 
     _tag_names = ["trl", "hpt"]

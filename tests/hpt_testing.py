@@ -1,5 +1,7 @@
 """Datasets, rewards and configs shared by the trainer tests (and the multi-process script they launch)."""
 
+import re
+
 import torch
 from datasets import Dataset
 
@@ -200,3 +202,24 @@ def one_step_update(model_dir, output_dir, mode: str, per_device_train_batch_siz
     ratio = logs["hpt/sft_prompt_ratio"]
     assert (ratio == 0) if mode.startswith("grpo") else (0 < ratio and (mode != "switch" or ratio < 1))
     return {name: after[name] - before[name] for name in before}
+
+
+def position_rewards(pid):
+    """Prompt `pid` gets exactly P = pid % 5 correct rollouts: the first P rows of its group (one process, in order)."""
+    rewards, seen = [], {}
+    for p in pid:
+        position = seen.get(p, 0)
+        seen[p] = position + 1
+        rewards.append(float(position < p % (NUM_GENERATIONS + 1)))
+    return rewards
+
+
+def correct_by_pid(completions, pid, **kwargs):
+    """
+    A verifier for the tiny model: a completion with a boxed answer (the demonstrations) is right when the answer is
+    `2 * pid`; the rollouts, which never write one, are right by position (`position_rewards`).
+    """
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    boxed = [re.search(r"\\boxed\{([^}]*)\}", text) for text in texts]
+    by_position = iter(position_rewards([p for p, b in zip(pid, boxed) if b is None]))
+    return [float(b.group(1) == str(2 * p)) if b else next(by_position) for p, b in zip(pid, boxed)]

@@ -212,15 +212,6 @@ def test_authors_target_column_and_remove_unused_columns(tiny_model_dir, tmp_pat
     assert trainer.state.log_history[0]["hpt/sft_loss"] > 0
 
 
-def test_model_card_names_hpt_and_the_paper(tiny_model_dir, tmp_path):
-    args = make_config(tmp_path, gamma=0, max_steps=1)
-    trainer = HPTTrainer(tiny_model_dir, odd_prompts_wrong, args=args, train_dataset=make_dataset())
-    trainer.create_model_card(model_name="tiny-hpt")
-    card = (tmp_path / "README.md").read_text()
-    assert "HPT" in card and "2509.04419" in card
-    assert "hpt" in trainer.model.config.to_dict().get("tags", []) or "hpt" in card
-
-
 @pytest.fixture(scope="module")
 def tiny_moe_dir(tmp_path_factory):
     """A tiny Qwen3-MoE (4 experts, 2 active) that returns its load-balancing loss, with the tiny tokenizer."""
