@@ -18,7 +18,7 @@ any dataset whose columns are named through arguments, into three columns:
 """
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from trl import ScriptArguments
 
 from .demonstrations import demonstration_text
 from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401 (re-exported)
-from .rewards import accuracy_reward, format_reward
+from .rewards import REWARD_FUNCS, get_reward_funcs
 
 
 logger = logging.getLogger(__name__)
@@ -53,32 +53,6 @@ LLAMA_PROMPT_TEMPLATE = LLAMA_TEMPLATE
 
 # Extensions that `datasets` reads with a packaged builder; anything else is treated as a Hub name or a directory.
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-
-REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
-    "accuracy": accuracy_reward,
-    "format": format_reward,
-}
-
-
-def get_reward_funcs(names: list[str] | str) -> list[Callable[..., list[float]]]:
-    """
-    Return the reward functions registered under `names` in [`REWARD_FUNCS`], in order.
-
-    Args:
-        names (`list[str]` or `str`):
-            Reward names, e.g. `["accuracy"]` (the paper's only reward) or `["accuracy", "format"]`.
-
-    Returns:
-        `list[Callable]`: the reward functions, ready for the trainer's `reward_funcs`.
-    """
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise ValueError(f"reward_funcs is empty; choose at least one of {sorted(REWARD_FUNCS)}.")
-    unknown = [name for name in names if name not in REWARD_FUNCS]
-    if unknown:
-        raise ValueError(f"Unknown reward function(s) {unknown} in reward_funcs; available: {sorted(REWARD_FUNCS)}.")
-    return [REWARD_FUNCS[name] for name in names]
 
 
 @dataclass
@@ -126,7 +100,7 @@ class HPTScriptArguments(ScriptArguments):
         dataset_num_proc (`int`, *optional*):
             Number of processes for the dataset preprocessing.
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
-            Names of the reward functions, keys of [`REWARD_FUNCS`]: `"accuracy"` (binary, boxed answer, the paper's
+            Names of the reward functions, keys of [`~hpt_trl.rewards.REWARD_FUNCS`]: `"accuracy"` (binary, boxed answer, the paper's
             reward) and `"format"`.
         method (`str`, *optional*, defaults to `"hpt"`):
             `"hpt"` trains with the recipe's `gamma`; the paper's baselines are the same trainer with another gate:
