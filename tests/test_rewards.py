@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from hpt_trl import verification
-from hpt_trl.answer_extraction import extract_boxed_answer, strip_boxed
+from hpt_trl.answer_extraction import strip_boxed
 from hpt_trl.rewards import accuracy_reward, format_reward
 from hpt_trl.verification import verify_answer
 
@@ -128,46 +128,6 @@ def test_no_timeouts_for_ordinary_answers():
     assert accuracy_reward(completions, golds, log_metric=lambda name, value: calls.append((name, value))) == expected
     assert verification.timeout_count() == before
     assert calls == [("rewards/accuracy_reward/timeouts", 0.0)]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("The answer is \\boxed{42}.", "42"),
-        ("\\boxed{ \\frac{a}{\\sqrt{b^{2}}} }", "\\frac{a}{\\sqrt{b^{2}}}"),
-        ("\\boxed{1} and \\boxed{2}", "2"),
-        ("\\boxed{\\frac{\\boxed{1}}{2}}", "\\frac{1}{2}"),
-        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-        ("\\boxed{\\left\\{ x \\right.}", "\\left\\{ x \\right."),  # an escaped brace is not a group
-        ("\\fbox{x+1}", "x+1"),
-        ("$\\boxed 7$", "7"),
-        ("\\boxed {3}", "3"),
-        ("\\boxed{}", ""),
-        ("no box here", None),
-        ("\\boxed{\\frac{1}{2", None),
-        ("\\boxed", None),
-        ("\\boxedx", None),
-        ("}}}\\boxed{1}}}}", "1"),
-    ],
-)
-def test_extract_boxed_answer(text, expected):
-    assert extract_boxed_answer(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("answer", "expected"),
-    [
-        ("\\boxed{204}", "204"),
-        ("  \\boxed{\\frac{1}{2}} ", "\\frac{1}{2}"),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
-        ("\\boxed{1}+\\boxed{2}", "\\boxed{1}+\\boxed{2}"),  # not one surrounding box
-        ("\\boxed{\\boxed{1}}", "\\boxed{1}"),  # only one level
-        (" 27 ", "27"),
-        (27, "27"),
-    ],
-)
-def test_strip_boxed(answer, expected):
-    assert strip_boxed(answer) == expected
 
 
 @pytest.mark.parametrize(
