@@ -40,7 +40,7 @@ from hpt_trl.checkpoints import (
     find_resume_checkpoint,
     has_final_model,
 )
-from hpt_trl.data import HPTScriptArguments, get_reward_funcs, load_hpt_dataset
+from hpt_trl.data import HPTScriptArguments, load_hpt_dataset
 from hpt_trl.demo import (
     BUILTIN_DATASET,
     BUILTIN_MODEL,
@@ -52,6 +52,7 @@ from hpt_trl.demo import (
     heldout_accuracy,
     plot_training_dynamics,
 )
+from hpt_trl.rewards import get_reward_funcs
 
 
 # Under the `hpt_trl` logger, so the one handler `__main__` sets shows the library's and the script's messages.

@@ -27,10 +27,17 @@ sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
 from hpt_trl.arithmetic_task import evaluate_accuracy  # noqa: E402
-from hpt_trl.data import METHODS, TOOLKIT_VARIANTS  # noqa: E402
+from hpt_trl.data import METHODS  # noqa: E402
 
 
 PASS_AT = (1, 4, 16)
+# The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
+TOOLKIT_VARIANTS = {
+    "hpt_soft": {"gate_strategy": "soft"},
+    "hpt_adaptive": {"gate_strategy": "adaptive"},
+    "luffy": {"gate_strategy": "always", "demonstration_loss": "off_policy"},
+    "srft": {"gate_strategy": "always", "demonstration_loss": "srft"},
+}
 # Each compared run: a train.py method and the HPTConfig settings that make it (the README's method table).
 VARIANTS = {
     **{method: (method, []) for method in METHODS},

@@ -358,7 +358,7 @@ def generate_completions(
 
 def grade_completions(completions: list[list[str]], solutions: list[str]) -> list[int]:
     """Number of completions per problem whose last `\\boxed{}` answer math-verifies against the solution."""
-    from .rewards import verify_answer
+    from .verification import verify_answer
 
     return [
         sum(verify_answer(completion, solution) for completion in group)

@@ -5,12 +5,13 @@ The authors train on the Hub dataset `Elliott/Openr1-Math-46k-8192` (verl schema
 system prompt, which their `data/prepare_train.py` drops, as `keep_system_prompt=False` does here), `target`
 (`[{"role": "assistant", "content": <R1 trace>}]`), `reward_model` (a struct whose `ground_truth` is the gold
 answer), `data_source`, `ability`, `extra_info`. [`load_hpt_dataset`] turns that schema, or
-any dataset whose columns are named through arguments, into three columns:
+any dataset whose columns are named through [`HPTDatasetOptions`], into three columns:
 
 - `prompt`: chat messages (`prompt_template="chat"`), the base-model "Question/Answer" string
   (`prompt_template="llama"`), or the source prompt unchanged (`prompt_template="none"`), built by the templates of
   `hpt_trl.prompts` that evaluation uses too;
-- `demonstration`: the expert solution as a string (the trainer appends EOS);
+- `demonstration` ([`~hpt_trl.demonstrations.DEMONSTRATION_COLUMN`], the default of [`HPTConfig`]'s
+  `demonstration_column`): the expert solution as a string (the trainer appends EOS);
 - `solution`: the gold answer as a string, the argument of [`~hpt_trl.rewards.accuracy_reward`].
 
 [`HPTScriptArguments`] exposes the same options to `trl.TrlParser`, so a training script parses
@@ -18,8 +19,8 @@ any dataset whose columns are named through arguments, into three columns:
 """
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 from trl import ScriptArguments
 
-from .demonstrations import demonstration_text
-from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401 (re-exported)
-from .rewards import accuracy_reward, format_reward
+from .demonstrations import DEMONSTRATION_COLUMN, demonstration_text
+from .prompts import TEMPLATES, build_prompt
+from .rewards import REWARD_FUNCS, get_reward_funcs
 
 
 logger = logging.getLogger(__name__)
@@ -40,45 +41,83 @@ HPT_DATASET_NAME = "Elliott/Openr1-Math-46k-8192"
 # The templates are defined once, in `hpt_trl.prompts`, for training and evaluation alike.
 PROMPT_TEMPLATES = TEMPLATES
 METHODS = ("hpt", "sft", "grpo", "sft_then_grpo")
-# The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
-TOOLKIT_VARIANTS = {
-    "hpt_soft": {"gate_strategy": "soft"},
-    "hpt_adaptive": {"gate_strategy": "adaptive"},
-    "luffy": {"gate_strategy": "always", "demonstration_loss": "off_policy"},
-    "srft": {"gate_strategy": "always", "demonstration_loss": "srft"},
-}
-# The base-model template of the paper's Llama-3.1-8B runs (a base model has no chat template): the problem plus the
-# authors' suffix fills `LLAMA_TEMPLATE`; see `hpt_trl.prompts.llama_prompt`. Kept under the loader's old name.
-LLAMA_PROMPT_TEMPLATE = LLAMA_TEMPLATE
 
 # Extensions that `datasets` reads with a packaged builder; anything else is treated as a Hub name or a directory.
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
-REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
-    "accuracy": accuracy_reward,
-    "format": format_reward,
+
+@dataclass
+class HPTDatasetOptions:
+    r"""
+    How [`load_hpt_dataset`] maps a source dataset to the columns `prompt`, `demonstration` and `solution`.
+
+    [`load_hpt_dataset`] takes these as keyword arguments. [`HPTScriptArguments`] (`train.py`'s flags and recipe keys)
+    sets the same options under the same names, except the source columns and `num_proc`, which are prefixed with
+    `dataset_` there (`dataset_prompt_column`, `dataset_demonstration_column`, `dataset_solution_column`,
+    `dataset_num_proc`) so as not to clash with [`HPTConfig`] (whose `demonstration_column` names the column the
+    trainer reads, `"demonstration"` after loading); the script also defaults the token budgets to the paper's.
+
+    Parameters:
+        prompt_template (`str`, *optional*, defaults to `"chat"`):
+            `"chat"`: `prompt` is a list of chat messages (a string source prompt becomes one user turn; for models
+            with a chat template, e.g. Qwen2.5-Math). `"llama"`: `prompt` is the authors' Llama-3.1-8B string
+            (`hpt_trl.prompts.llama_prompt`: `"Question:\n"`, the last user message unstripped, the suffix
+            `"\nPlease reason step by step, and put your final answer within \\boxed{}."`, then
+            `"\nAnswer:\nLet's think step by step."`), for base models without a chat template. `"none"`: the source
+            prompt is kept as it is. Evaluation (`hpt-eval --template`) renders the same templates from
+            `hpt_trl.prompts`.
+        keep_system_prompt (`bool`, *optional*, defaults to `False`):
+            Whether to keep the source's system message(s). The default drops them, as the authors'
+            `data/prepare_train.py` does, so Qwen2.5-Math's chat template supplies its own default system turn, as in
+            evaluation. With `prompt_template="llama"` a kept system prompt is written before the question.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Source column with the prompt: a string or a list of chat messages. This and the two next columns accept
+            dotted paths into structs.
+        demonstration_column (`str`, *optional*, defaults to `"target"`):
+            Source column with the expert solution: a string, or a list holding one assistant message. (The loaded
+            dataset holds it in [`~hpt_trl.demonstrations.DEMONSTRATION_COLUMN`], which [`HPTConfig`]'s own
+            `demonstration_column` names.)
+        solution_column (`str`, *optional*, defaults to `"reward_model.ground_truth"`):
+            Source column with the gold answer; it is converted to a string.
+        max_demonstration_tokens (`int`, *optional*):
+            Token budget of a demonstration, counting the EOS the trainer appends (the paper truncates demonstrations
+            at 8192 tokens, the script's default). Needs the model's tokenizer.
+        max_demonstration_chars (`int`, *optional*):
+            Character budget of a demonstration, usable without a tokenizer.
+        drop_long_demonstrations (`bool`, *optional*, defaults to `False`):
+            Drop rows whose demonstration exceeds a budget; otherwise keep them for the trainer to truncate at
+            `max_completion_length`. The number over budget is logged and counted either way.
+        max_prompt_tokens (`int`, *optional*):
+            Drop rows whose formatted prompt (chat template applied) exceeds this many tokens (the paper's maximum
+            prompt length is 1024, the script's default; TRL's GRPO has no prompt-length option). Needs the tokenizer.
+        num_proc (`int`, *optional*):
+            Processes for `datasets.Dataset.map`.
+    """
+
+    prompt_template: str = "chat"
+    keep_system_prompt: bool = False
+    prompt_column: str = "prompt"
+    demonstration_column: str = "target"
+    solution_column: str = "reward_model.ground_truth"
+    max_demonstration_tokens: int | None = None
+    max_demonstration_chars: int | None = None
+    drop_long_demonstrations: bool = False
+    max_prompt_tokens: int | None = None
+    num_proc: int | None = None
+
+    def __post_init__(self):
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {self.prompt_template!r}.")
+
+
+# The script option (HPTScriptArguments, train.py's --flag and recipe key) of each loader option named differently.
+_SCRIPT_OPTIONS = {
+    "prompt_column": "dataset_prompt_column",
+    "demonstration_column": "dataset_demonstration_column",
+    "solution_column": "dataset_solution_column",
+    "num_proc": "dataset_num_proc",
 }
-
-
-def get_reward_funcs(names: list[str] | str) -> list[Callable[..., list[float]]]:
-    """
-    Return the reward functions registered under `names` in [`REWARD_FUNCS`], in order.
-
-    Args:
-        names (`list[str]` or `str`):
-            Reward names, e.g. `["accuracy"]` (the paper's only reward) or `["accuracy", "format"]`.
-
-    Returns:
-        `list[Callable]`: the reward functions, ready for the trainer's `reward_funcs`.
-    """
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise ValueError(f"reward_funcs is empty; choose at least one of {sorted(REWARD_FUNCS)}.")
-    unknown = [name for name in names if name not in REWARD_FUNCS]
-    if unknown:
-        raise ValueError(f"Unknown reward function(s) {unknown} in reward_funcs; available: {sorted(REWARD_FUNCS)}.")
-    return [REWARD_FUNCS[name] for name in names]
+_DEFAULT_OPTIONS = HPTDatasetOptions()
 
 
 @dataclass
@@ -88,46 +127,24 @@ class HPTScriptArguments(ScriptArguments):
 
     Inherits `dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming` and
     `ignore_bias_buffers` from [`~trl.ScriptArguments`]. Parse it together with [`HPTConfig`] and
-    [`~trl.ModelConfig`]: `TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))`. Field names avoid those of the
-    other two classes (e.g. the source demonstration column is `dataset_demonstration_column`, while
-    [`HPTConfig`]'s `demonstration_column` names the column the trainer reads, `"demonstration"` after loading).
+    [`~trl.ModelConfig`]: `TrlParser((HPTScriptArguments, HPTConfig, ModelConfig))`.
+
+    The data options `prompt_template`, `keep_system_prompt`, `dataset_prompt_column`, `dataset_demonstration_column`,
+    `dataset_solution_column`, `max_demonstration_tokens`, `max_demonstration_chars`, `drop_long_demonstrations`,
+    `max_prompt_tokens` and `dataset_num_proc` are those of [`HPTDatasetOptions`], which documents them (the source
+    columns and `num_proc` take a `dataset_` prefix here, so that they do not clash with [`HPTConfig`]'s fields);
+    [`~HPTScriptArguments.loader_kwargs`] hands them to [`load_hpt_dataset`]. Only the defaults that differ are listed.
 
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"Elliott/Openr1-Math-46k-8192"`):
             Hub dataset name, a local directory, or a local `.parquet`, `.json`, `.jsonl` or `.csv` file.
-        prompt_template (`str`, *optional*, defaults to `"chat"`):
-            `"chat"`: the prompt is a list of chat messages (for models with a chat template, e.g. Qwen2.5-Math).
-            `"llama"`: the prompt is the authors' Llama-3.1-8B string (`hpt_trl.prompts.llama_prompt`): `"Question:\n"`,
-            the last user message unstripped, the suffix `"\nPlease reason step by step, and put your final answer
-            within \\boxed{}."`, then `"\nAnswer:\nLet's think step by step."` (for base models without a chat
-            template). `"none"`: the source prompt is kept as it is. Evaluation (`hpt-eval
-            --template`) renders the same templates from `hpt_trl.prompts`.
-        keep_system_prompt (`bool`, *optional*, defaults to `False`):
-            Whether to keep the dataset's system message(s). The default drops them, as the authors'
-            `data/prepare_train.py` does, so Qwen2.5-Math's chat template supplies its own default system turn, as in
-            evaluation. With `prompt_template="llama"` a kept system prompt is written before the question.
-        dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
-            Source column with the prompt: a string or a list of chat messages. Dotted paths reach into structs.
-        dataset_demonstration_column (`str`, *optional*, defaults to `"target"`):
-            Source column with the expert solution: a string, or a list holding one assistant message.
-        dataset_solution_column (`str`, *optional*, defaults to `"reward_model.ground_truth"`):
-            Source column with the gold answer. Dotted paths reach into structs.
         max_demonstration_tokens (`int`, *optional*, defaults to `8192`):
-            Token budget of a demonstration, EOS included (the paper truncates demonstrations at 8192 tokens). Needs
-            the model's tokenizer; `None` disables the check.
-        max_demonstration_chars (`int`, *optional*):
-            Character budget of a demonstration, for when no tokenizer is at hand.
-        drop_long_demonstrations (`bool`, *optional*, defaults to `False`):
-            Whether to drop rows whose demonstration exceeds the budget. Otherwise they are kept and the trainer
-            truncates them at `max_completion_length`; either way their number is logged.
+            As in [`HPTDatasetOptions`], with the paper's budget as default; `None` disables the check.
         max_prompt_tokens (`int`, *optional*, defaults to `1024`):
-            Rows whose formatted prompt is longer than this many tokens are dropped (the paper's maximum prompt
-            length; TRL's GRPO has no prompt-length option). Needs the tokenizer; `None` keeps every prompt.
-        dataset_num_proc (`int`, *optional*):
-            Number of processes for the dataset preprocessing.
+            As in [`HPTDatasetOptions`], with the paper's maximum prompt length as default; `None` keeps every prompt.
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
-            Names of the reward functions, keys of [`REWARD_FUNCS`]: `"accuracy"` (binary, boxed answer, the paper's
-            reward) and `"format"`.
+            Names of the reward functions, keys of [`~hpt_trl.rewards.REWARD_FUNCS`]: `"accuracy"` (binary, boxed
+            answer, the paper's reward) and `"format"`.
         method (`str`, *optional*, defaults to `"hpt"`):
             `"hpt"` trains with the recipe's `gamma`; the paper's baselines are the same trainer with another gate:
             `"sft"` (`gamma = num_generations`: every prompt SFT), `"grpo"` (`gamma = -1`) and `"sft_then_grpo"` (SFT
@@ -139,41 +156,44 @@ class HPTScriptArguments(ScriptArguments):
         metadata={"help": "Hub dataset name, local directory, or local .parquet/.json/.jsonl/.csv file."},
     )
     prompt_template: str = field(
-        default="chat",
+        default=_DEFAULT_OPTIONS.prompt_template,
         metadata={
             "help": "Prompt format: 'chat' (chat messages), 'llama' (base-model Question/Answer string) or 'none'.",
             "choices": list(PROMPT_TEMPLATES),
         },
     )
     keep_system_prompt: bool = field(
-        default=False,
+        default=_DEFAULT_OPTIONS.keep_system_prompt,
         metadata={"help": "Whether to keep the dataset's system prompt (the authors drop it: data/prepare_train.py)."},
     )
     dataset_prompt_column: str = field(
-        default="prompt", metadata={"help": "Source column with the prompt (dotted paths reach into structs)."}
+        default=_DEFAULT_OPTIONS.prompt_column,
+        metadata={"help": "Source column with the prompt (dotted paths reach into structs)."},
     )
     dataset_demonstration_column: str = field(
-        default="target", metadata={"help": "Source column with the expert solution (string or assistant message)."}
+        default=_DEFAULT_OPTIONS.demonstration_column,
+        metadata={"help": "Source column with the expert solution (string or assistant message)."},
     )
     dataset_solution_column: str = field(
-        default="reward_model.ground_truth",
+        default=_DEFAULT_OPTIONS.solution_column,
         metadata={"help": "Source column with the gold answer (dotted paths reach into structs)."},
     )
     max_demonstration_tokens: int | None = field(
         default=8192, metadata={"help": "Token budget of a demonstration (EOS included); needs the tokenizer."}
     )
     max_demonstration_chars: int | None = field(
-        default=None, metadata={"help": "Character budget of a demonstration, for use without a tokenizer."}
+        default=_DEFAULT_OPTIONS.max_demonstration_chars,
+        metadata={"help": "Character budget of a demonstration, for use without a tokenizer."},
     )
     drop_long_demonstrations: bool = field(
-        default=False,
+        default=_DEFAULT_OPTIONS.drop_long_demonstrations,
         metadata={"help": "Drop rows whose demonstration exceeds the budget instead of letting the trainer truncate."},
     )
     max_prompt_tokens: int | None = field(
         default=1024, metadata={"help": "Drop rows whose formatted prompt exceeds this many tokens."}
     )
     dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Number of processes for the dataset preprocessing."}
+        default=_DEFAULT_OPTIONS.num_proc, metadata={"help": "Number of processes for the dataset preprocessing."}
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
@@ -191,8 +211,7 @@ class HPTScriptArguments(ScriptArguments):
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
-        if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {self.prompt_template!r}.")
+        HPTDatasetOptions(**self._dataset_options())  # checks the options as the loader will
         for name in ("max_demonstration_tokens", "max_demonstration_chars", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -204,22 +223,20 @@ class HPTScriptArguments(ScriptArguments):
             )
         get_reward_funcs(self.reward_funcs)  # fail at parse time, not after the model has loaded
 
+    def _dataset_options(self) -> dict[str, Any]:
+        """The [`HPTDatasetOptions`] set by these script arguments, under the loader's names."""
+        return {
+            option.name: getattr(self, _SCRIPT_OPTIONS.get(option.name, option.name))
+            for option in fields(HPTDatasetOptions)
+        }
+
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of [`load_hpt_dataset`] taken from these script arguments."""
         return {
             "dataset_name": self.dataset_name,
             "dataset_config": self.dataset_config,
             "split": self.dataset_train_split,
-            "prompt_template": self.prompt_template,
-            "keep_system_prompt": self.keep_system_prompt,
-            "prompt_column": self.dataset_prompt_column,
-            "demonstration_column": self.dataset_demonstration_column,
-            "solution_column": self.dataset_solution_column,
-            "max_demonstration_tokens": self.max_demonstration_tokens,
-            "max_demonstration_chars": self.max_demonstration_chars,
-            "drop_long_demonstrations": self.drop_long_demonstrations,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "num_proc": self.dataset_num_proc,
+            **self._dataset_options(),
         }
 
 
@@ -260,17 +277,9 @@ def _load_raw(dataset_name: str, dataset_config: str | None, split: str) -> data
     return datasets.load_dataset(dataset_name, dataset_config, split=split)
 
 
-# The script option (HPTScriptArguments, train.py's --flag and recipe key) behind each column argument of the loader.
-_COLUMN_OPTIONS = {
-    "prompt_column": "dataset_prompt_column",
-    "demonstration_column": "dataset_demonstration_column",
-    "solution_column": "dataset_solution_column",
-}
-
-
 def _fix_column(argument: str) -> str:
     """How to point the loader at another column: the script option, and the argument of the Python API."""
-    option = _COLUMN_OPTIONS.get(argument, argument)
+    option = _SCRIPT_OPTIONS.get(argument, argument)
     return f"`--{option}` (recipe key `{option}`; `{argument}` of load_hpt_dataset)"
 
 
@@ -345,27 +354,25 @@ def _prompt_num_tokens(prompt: str | list[dict[str, str]], tokenizer: PreTrained
 
 def prepare_hpt_dataset(
     dataset: datasets.Dataset,
-    *,
-    prompt_template: str = "chat",
-    keep_system_prompt: bool = False,
-    prompt_column: str = "prompt",
-    demonstration_column: str = "target",
-    solution_column: str = "reward_model.ground_truth",
+    options: HPTDatasetOptions | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    max_demonstration_tokens: int | None = None,
-    max_demonstration_chars: int | None = None,
-    drop_long_demonstrations: bool = False,
-    max_prompt_tokens: int | None = None,
-    num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, HPTDatasetStats]:
     """
     Map an already loaded dataset to the `prompt`, `demonstration` and `solution` columns of [`HPTTrainer`].
 
-    Takes the same options as [`load_hpt_dataset`] (which documents them) and returns the dataset with the row counts.
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            The source dataset.
+        options ([`HPTDatasetOptions`], *optional*):
+            Source columns, prompt template and length budgets; the defaults read the authors' schema.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            The model's tokenizer; needed by the token budgets.
+
+    Returns:
+        `tuple[Dataset, HPTDatasetStats]`: The mapped dataset and the row counts.
     """
-    if prompt_template not in PROMPT_TEMPLATES:
-        raise ValueError(f"prompt_template must be one of {PROMPT_TEMPLATES}, got {prompt_template!r}.")
-    if (max_demonstration_tokens is not None or max_prompt_tokens is not None) and tokenizer is None:
+    options = options if options is not None else HPTDatasetOptions()
+    if (options.max_demonstration_tokens is not None or options.max_prompt_tokens is not None) and tokenizer is None:
         raise ValueError(
             "max_demonstration_tokens and max_prompt_tokens count tokens and need the model's tokenizer: pass "
             "`tokenizer`, set them to None, or use max_demonstration_chars for a character budget."
@@ -375,42 +382,46 @@ def prepare_hpt_dataset(
 
     column_names = list(dataset.column_names)
     for path, argument in (
-        (prompt_column, "prompt_column"),
-        (demonstration_column, "demonstration_column"),
-        (solution_column, "solution_column"),
+        (options.prompt_column, "prompt_column"),
+        (options.demonstration_column, "demonstration_column"),
+        (options.solution_column, "solution_column"),
     ):
         _check_column(path, argument, column_names, dataset.features)
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
         prompt = _format_prompt(
-            _get_path(row, prompt_column, "prompt_column", column_names),
-            prompt_template,
-            keep_system_prompt,
-            prompt_column,
+            _get_path(row, options.prompt_column, "prompt_column", column_names),
+            options.prompt_template,
+            options.keep_system_prompt,
+            options.prompt_column,
         )
         demonstration = demonstration_text(
-            _get_path(row, demonstration_column, "demonstration_column", column_names), demonstration_column, index
+            _get_path(row, options.demonstration_column, "demonstration_column", column_names),
+            options.demonstration_column,
+            index,
         )
-        solution = _get_path(row, solution_column, "solution_column", column_names)
+        solution = _get_path(row, options.solution_column, "solution_column", column_names)
         if isinstance(solution, (list, tuple)) and len(solution) == 1:
             solution = solution[0]
         if solution is None or (isinstance(solution, str) and not solution.strip()):
             raise ValueError(
-                f"Row {index} has no gold answer in column '{solution_column}'. Drop such rows first or point "
+                f"Row {index} has no gold answer in column '{options.solution_column}'. Drop such rows first or point "
                 f"{_fix_column('solution_column')} at the column with the answers."
             )
-        demo_too_long = max_demonstration_chars is not None and len(demonstration) > max_demonstration_chars
+        demo_too_long = (
+            options.max_demonstration_chars is not None and len(demonstration) > options.max_demonstration_chars
+        )
         prompt_too_long = False
         if tokenizer is not None:
-            if max_demonstration_tokens is not None:
+            if options.max_demonstration_tokens is not None:
                 # +1 for the EOS the trainer appends, so the budget means what the trainer's truncation means.
                 num_tokens = len(tokenizer(demonstration, add_special_tokens=False)["input_ids"]) + 1
-                demo_too_long = demo_too_long or num_tokens > max_demonstration_tokens
-            if max_prompt_tokens is not None:
-                prompt_too_long = _prompt_num_tokens(prompt, tokenizer) > max_prompt_tokens
+                demo_too_long = demo_too_long or num_tokens > options.max_demonstration_tokens
+            if options.max_prompt_tokens is not None:
+                prompt_too_long = _prompt_num_tokens(prompt, tokenizer) > options.max_prompt_tokens
         return {
             "prompt": prompt,
-            "demonstration": demonstration,
+            DEMONSTRATION_COLUMN: demonstration,
             "solution": str(solution),
             "_demo_too_long": demo_too_long,
             "_prompt_too_long": prompt_too_long,
@@ -420,7 +431,7 @@ def prepare_hpt_dataset(
         convert,
         with_indices=True,
         remove_columns=column_names,
-        num_proc=num_proc,
+        num_proc=options.num_proc,
         desc="Formatting HPT dataset",
     )
     demo_flags = mapped["_demo_too_long"]
@@ -430,9 +441,11 @@ def prepare_hpt_dataset(
         num_long_demonstrations=sum(demo_flags),
         num_dropped_long_prompts=sum(prompt_flags),
     )
-    keep = [not p and not (d and drop_long_demonstrations) for d, p in zip(demo_flags, prompt_flags, strict=True)]
+    keep = [
+        not p and not (d and options.drop_long_demonstrations) for d, p in zip(demo_flags, prompt_flags, strict=True)
+    ]
     stats.num_dropped_long_demonstrations = sum(
-        1 for d, p in zip(demo_flags, prompt_flags, strict=True) if d and drop_long_demonstrations and not p
+        1 for d, p in zip(demo_flags, prompt_flags, strict=True) if d and options.drop_long_demonstrations and not p
     )
     if not all(keep):
         mapped = mapped.select([i for i, k in enumerate(keep) if k])
@@ -440,21 +453,25 @@ def prepare_hpt_dataset(
     stats.num_rows_out = len(mapped)
 
     budget = (
-        f"{max_demonstration_tokens} tokens" if max_demonstration_tokens is not None and tokenizer is not None else ""
+        f"{options.max_demonstration_tokens} tokens"
+        if options.max_demonstration_tokens is not None and tokenizer is not None
+        else ""
     )
-    if max_demonstration_chars is not None:
+    if options.max_demonstration_chars is not None:
         budget = (
-            f"{budget} / {max_demonstration_chars} characters" if budget else f"{max_demonstration_chars} characters"
+            f"{budget} / {options.max_demonstration_chars} characters"
+            if budget
+            else f"{options.max_demonstration_chars} characters"
         )
     if stats.num_long_demonstrations:
-        action = "dropped" if drop_long_demonstrations else "kept (the trainer truncates them)"
+        action = "dropped" if options.drop_long_demonstrations else "kept (the trainer truncates them)"
         logger.warning(
             f"{stats.num_long_demonstrations} of {stats.num_rows_in} demonstrations exceed {budget}: {action}."
         )
     if stats.num_dropped_long_prompts:
         logger.warning(
             f"Dropped {stats.num_dropped_long_prompts} of {stats.num_rows_in} rows whose prompt exceeds "
-            f"{max_prompt_tokens} tokens."
+            f"{options.max_prompt_tokens} tokens."
         )
     if stats.num_rows_out == 0:
         raise ValueError(
@@ -469,18 +486,9 @@ def load_hpt_dataset(
     dataset_config: str | None = None,
     split: str = "train",
     *,
-    prompt_template: str = "chat",
-    keep_system_prompt: bool = False,
-    prompt_column: str = "prompt",
-    demonstration_column: str = "target",
-    solution_column: str = "reward_model.ground_truth",
     tokenizer: PreTrainedTokenizerBase | None = None,
-    max_demonstration_tokens: int | None = None,
-    max_demonstration_chars: int | None = None,
-    drop_long_demonstrations: bool = False,
-    max_prompt_tokens: int | None = None,
-    num_proc: int | None = None,
     return_stats: bool = False,
+    **options: Any,
 ) -> datasets.Dataset | tuple[datasets.Dataset, HPTDatasetStats]:
     r"""
     Load HPT training data and map it to the columns `prompt`, `demonstration` and `solution`.
@@ -493,36 +501,15 @@ def load_hpt_dataset(
             Hub dataset configuration name.
         split (`str`, *optional*, defaults to `"train"`):
             Split to load (Hub datasets and directories).
-        prompt_template (`str`, *optional*, defaults to `"chat"`):
-            `"chat"`: `prompt` is a list of chat messages (a string source prompt becomes one user turn).
-            `"llama"`: `prompt` is the authors' Llama-3.1-8B string (`hpt_trl.prompts.llama_prompt`: `"Question:\n"`,
-            the last user message unstripped, the suffix `"\nPlease reason step by step, and put your final answer
-            within \\boxed{}."`, then `"\nAnswer:\nLet's think step by step."`), for base models without a chat
-            template. `"none"`: the source prompt is kept.
-        keep_system_prompt (`bool`, *optional*, defaults to `False`):
-            Whether to keep the source's system messages (written before the question with `"llama"`). The authors
-            drop them (`data/prepare_train.py`), and so does the default.
-        prompt_column (`str`, *optional*, defaults to `"prompt"`):
-            Source column with the prompt. This and the two next columns accept dotted paths into structs.
-        demonstration_column (`str`, *optional*, defaults to `"target"`):
-            Source column with the expert solution: a string, or a list holding one assistant message.
-        solution_column (`str`, *optional*, defaults to `"reward_model.ground_truth"`):
-            Source column with the gold answer; it is converted to a string.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             The model's tokenizer; needed by `max_demonstration_tokens` and `max_prompt_tokens`.
-        max_demonstration_tokens (`int`, *optional*):
-            Token budget of a demonstration, counting the EOS the trainer appends.
-        max_demonstration_chars (`int`, *optional*):
-            Character budget of a demonstration, usable without a tokenizer.
-        drop_long_demonstrations (`bool`, *optional*, defaults to `False`):
-            Drop rows whose demonstration exceeds a budget; otherwise keep them for the trainer to truncate at
-            `max_completion_length`. The number over budget is logged and counted either way.
-        max_prompt_tokens (`int`, *optional*):
-            Drop rows whose formatted prompt (chat template applied) exceeds this many tokens.
-        num_proc (`int`, *optional*):
-            Processes for `datasets.Dataset.map`.
         return_stats (`bool`, *optional*, defaults to `False`):
             Also return the [`HPTDatasetStats`] of the call.
+        **options:
+            The fields of [`HPTDatasetOptions`] (which documents them): `prompt_template`, `keep_system_prompt`, the
+            source columns `prompt_column`, `demonstration_column` and `solution_column`, the length budgets
+            `max_demonstration_tokens`, `max_demonstration_chars`, `drop_long_demonstrations`, `max_prompt_tokens`,
+            and `num_proc`.
 
     Returns:
         [`~datasets.Dataset`], or `(Dataset, HPTDatasetStats)` when `return_stats=True`.
@@ -538,20 +525,8 @@ def load_hpt_dataset(
     """
     if not dataset_name:
         raise ValueError(f"dataset_name is empty: set it to a Hub dataset (e.g. {HPT_DATASET_NAME!r}) or a file.")
+    dataset_options = HPTDatasetOptions(**options)
     raw = _load_raw(dataset_name, dataset_config, split)
-    dataset, stats = prepare_hpt_dataset(
-        raw,
-        prompt_template=prompt_template,
-        keep_system_prompt=keep_system_prompt,
-        prompt_column=prompt_column,
-        demonstration_column=demonstration_column,
-        solution_column=solution_column,
-        tokenizer=tokenizer,
-        max_demonstration_tokens=max_demonstration_tokens,
-        max_demonstration_chars=max_demonstration_chars,
-        drop_long_demonstrations=drop_long_demonstrations,
-        max_prompt_tokens=max_prompt_tokens,
-        num_proc=num_proc,
-    )
+    dataset, stats = prepare_hpt_dataset(raw, dataset_options, tokenizer)
     logger.info(f"Loaded {stats.num_rows_out} HPT rows from {dataset_name} ({stats}).")
     return (dataset, stats) if return_stats else dataset

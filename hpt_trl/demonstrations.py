@@ -6,6 +6,11 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 
+# The column HPTTrainer reads demonstrations from by default (HPTConfig's `demonstration_column`), which
+# `hpt_trl.data.load_hpt_dataset` writes whatever the source column is called.
+DEMONSTRATION_COLUMN = "demonstration"
+
+
 def demonstration_text(value: Any, column: str, row: int | None = None) -> str:
     """
     Return the text of one demonstration, or raise a `ValueError` that names the column, the row and the fix.
@@ -71,7 +76,7 @@ def tokenize_demonstrations(
     texts: Iterable[str],
     tokenizer: PreTrainedTokenizerBase,
     max_length: int | None,
-    column: str = "demonstration",
+    column: str = DEMONSTRATION_COLUMN,
 ) -> tuple[list[list[int]], list[bool]]:
     """
     Tokenize demonstrations as completions: the text's tokens (no special tokens added), then EOS.

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .demonstrations import DEMONSTRATION_COLUMN
 from .gating import SOFT_TABLE_DEMONSTRATION, SOFT_TABLE_RL
 
 
@@ -51,7 +52,9 @@ class HPTConfig(GRPOConfig):
         demonstration_column (`str`, *optional*, defaults to `"demonstration"`):
             Dataset column holding each prompt's expert solution. A string, or (conversational datasets) a list holding
             one assistant message, as the `target` column of the authors' dataset `Elliott/Openr1-Math-46k-8192`.
-            The trainer appends the tokenizer's EOS token to it.
+            The trainer appends the tokenizer's EOS token to it. This is the column the trainer reads: after
+            [`~hpt_trl.data.load_hpt_dataset`] it is `"demonstration"`, whatever the source column was (the loader's
+            `demonstration_column`, `dataset_demonstration_column` in `train.py` and recipes).
 
         > Parameters that choose the method: the gate and how a demonstration enters the loss
 
@@ -189,7 +192,7 @@ class HPTConfig(GRPOConfig):
         },
     )
     demonstration_column: str = field(
-        default="demonstration",
+        default=DEMONSTRATION_COLUMN,
         metadata={"help": "Dataset column holding each prompt's expert solution (string or assistant message list)."},
     )
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hpt_trl import base_model
+from hpt_trl.answer_extraction import extract_boxed_answer
 from hpt_trl.arithmetic_task import (
     EASY_DIFFICULTY,
     HARD_DIFFICULTY,
@@ -18,8 +19,8 @@ from hpt_trl.arithmetic_task import (
     make_arithmetic_datasets,
 )
 from hpt_trl.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
-from hpt_trl.rewards import extract_boxed_answer, verify_answer
 from hpt_trl.tiny_model import build_char_tokenizer, build_tiny_qwen2
+from hpt_trl.verification import verify_answer
 
 
 # Small enough that a training step is milliseconds: these tests check the caching logic, not what the model learns.

@@ -4,15 +4,10 @@ import logging
 import pandas as pd
 import pytest
 
-from hpt_trl.data import (
-    REWARD_FUNCS,
-    HPTScriptArguments,
-    get_reward_funcs,
-    load_hpt_dataset,
-)
+from hpt_trl.data import HPTScriptArguments, load_hpt_dataset
 from hpt_trl.evaluation import render_prompt
 from hpt_trl.prompts import llama_prompt
-from hpt_trl.rewards import accuracy_reward, format_reward
+from hpt_trl.rewards import REWARD_FUNCS, accuracy_reward, format_reward, get_reward_funcs
 
 
 # The authors' Llama-3.1-8B prompt (train_llama.sh: data.zero_temp with data.suffix_prompt appended to the problem).

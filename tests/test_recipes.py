@@ -1,3 +1,4 @@
+import functools
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ TOOLKIT_RECIPES = {
     "hpt_adaptive": ("adaptive", "sft", 5e-6),
 }
 NUM_PAPER_GPUS = 8
+
+
+@functools.cache
+def _toolkit_variants() -> dict:
+    """benchmarks/compare_methods.py's TOOLKIT_VARIANTS: the toolkit's methods as HPTConfig settings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TOOLKIT_VARIANTS
 
 
 def _parse(path: Path):
@@ -186,13 +198,13 @@ def test_accelerate_config(name, distributed_type, num_processes, zero_stage, of
 
 @pytest.mark.parametrize("path", TOY_RECIPES, ids=lambda p: p.name)
 def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
-    from hpt_trl.data import TOOLKIT_VARIANTS
     from hpt_trl.demo import BUILTIN_DATASET, BUILTIN_MODEL
 
+    toolkit_variants = _toolkit_variants()
     script_args, args, model_args = _parse(path)
     name = path.stem.removeprefix("toy_")
-    assert script_args.method == ("hpt" if name in TOOLKIT_VARIANTS else name)
-    for key, value in TOOLKIT_VARIANTS.get(name, {}).items():
+    assert script_args.method == ("hpt" if name in toolkit_variants else name)
+    for key, value in toolkit_variants.get(name, {}).items():
         assert getattr(args, key) == value
     assert script_args.dataset_name == BUILTIN_DATASET and model_args.model_name_or_path == BUILTIN_MODEL
     assert args.use_cpu and not args.bf16 and not args.use_vllm
@@ -203,6 +215,7 @@ def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
 
 
 def test_every_demo_method_has_a_toy_recipe():
-    from hpt_trl.data import METHODS, TOOLKIT_VARIANTS
+    from hpt_trl.data import METHODS
 
-    assert sorted(p.stem.removeprefix("toy_") for p in TOY_RECIPES) == sorted([*METHODS, *TOOLKIT_VARIANTS])
+    toolkit_variants = _toolkit_variants()
+    assert sorted(p.stem.removeprefix("toy_") for p in TOY_RECIPES) == sorted([*METHODS, *toolkit_variants])

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from hpt_trl import rewards
-from hpt_trl.rewards import accuracy_reward, extract_boxed_answer, format_reward, strip_boxed, verify_answer
+from hpt_trl import verification
+from hpt_trl.answer_extraction import strip_boxed
+from hpt_trl.rewards import accuracy_reward, format_reward
+from hpt_trl.verification import verify_answer
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
@@ -118,54 +120,14 @@ def test_verify_answer_table(completion, gold, expected):
 
 
 def test_no_timeouts_for_ordinary_answers():
-    before = rewards.timeout_count()
+    before = verification.timeout_count()
     completions = [case[0] for case in EQUIVALENCE_CASES]
     golds = [case[1] for case in EQUIVALENCE_CASES]
     expected = [1.0 if case[2] else 0.0 for case in EQUIVALENCE_CASES]
     calls = []
     assert accuracy_reward(completions, golds, log_metric=lambda name, value: calls.append((name, value))) == expected
-    assert rewards.timeout_count() == before
+    assert verification.timeout_count() == before
     assert calls == [("rewards/accuracy_reward/timeouts", 0.0)]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("The answer is \\boxed{42}.", "42"),
-        ("\\boxed{ \\frac{a}{\\sqrt{b^{2}}} }", "\\frac{a}{\\sqrt{b^{2}}}"),
-        ("\\boxed{1} and \\boxed{2}", "2"),
-        ("\\boxed{\\frac{\\boxed{1}}{2}}", "\\frac{1}{2}"),
-        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-        ("\\boxed{\\left\\{ x \\right.}", "\\left\\{ x \\right."),  # an escaped brace is not a group
-        ("\\fbox{x+1}", "x+1"),
-        ("$\\boxed 7$", "7"),
-        ("\\boxed {3}", "3"),
-        ("\\boxed{}", ""),
-        ("no box here", None),
-        ("\\boxed{\\frac{1}{2", None),
-        ("\\boxed", None),
-        ("\\boxedx", None),
-        ("}}}\\boxed{1}}}}", "1"),
-    ],
-)
-def test_extract_boxed_answer(text, expected):
-    assert extract_boxed_answer(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("answer", "expected"),
-    [
-        ("\\boxed{204}", "204"),
-        ("  \\boxed{\\frac{1}{2}} ", "\\frac{1}{2}"),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
-        ("\\boxed{1}+\\boxed{2}", "\\boxed{1}+\\boxed{2}"),  # not one surrounding box
-        ("\\boxed{\\boxed{1}}", "\\boxed{1}"),  # only one level
-        (" 27 ", "27"),
-        (27, "27"),
-    ],
-)
-def test_strip_boxed(answer, expected):
-    assert strip_boxed(answer) == expected
 
 
 @pytest.mark.parametrize(
@@ -208,7 +170,7 @@ def test_malformed_inputs_of_other_types():
 )
 def test_long_completion_is_fast(completion):
     assert len(completion) >= 100_000
-    rewards._warm_up_pool(1)
+    verification._warm_up_pool(1)
     start = time.monotonic()
     reward = accuracy_reward([completion], ["42"])
     elapsed = time.monotonic() - start
@@ -217,20 +179,20 @@ def test_long_completion_is_fast(completion):
 
 
 def test_slow_expression_times_out_and_is_counted():
-    rewards._warm_up_pool(1)
-    before = rewards.timeout_count()
+    verification._warm_up_pool(1)
+    before = verification.timeout_count()
     start = time.monotonic()
     assert verify_answer(SLOW_COMPLETION, "1", timeout_seconds=1.0) is False
     elapsed = time.monotonic() - start
     assert elapsed < 1.0 + TIMING_MARGIN_S
-    assert rewards.timeout_count() == before + 1
+    assert verification.timeout_count() == before + 1
 
 
 def test_helper_stuck_past_its_own_deadline_is_killed(monkeypatch):
     # Without the helper's own alarm, only the caller's hard deadline (killing the helper) can end the check.
-    monkeypatch.setattr(rewards, "_USE_SOFT_DEADLINE", False)
-    rewards._warm_up_pool(1)
-    before = rewards.timeout_count()
+    monkeypatch.setattr(verification, "_USE_SOFT_DEADLINE", False)
+    verification._warm_up_pool(1)
+    before = verification.timeout_count()
     calls = []
     start = time.monotonic()
     reward = accuracy_reward(
@@ -239,7 +201,7 @@ def test_helper_stuck_past_its_own_deadline_is_killed(monkeypatch):
     elapsed = time.monotonic() - start
     assert reward == [0.0]
     assert elapsed < 1.0 + TIMING_MARGIN_S
-    assert rewards.timeout_count() == before + 1
+    assert verification.timeout_count() == before + 1
     assert calls == [("rewards/accuracy_reward/timeouts", 1.0)]
     # The killed helper is replaced: checks that need math-verify still work.
     assert verify_answer("\\boxed{\\frac{6}{12}}", "0.5")
@@ -247,28 +209,30 @@ def test_helper_stuck_past_its_own_deadline_is_killed(monkeypatch):
 
 def test_repeated_pairs_are_checked_once_and_counted_per_row(monkeypatch):
     sent = []
-    real = rewards._run_math_verify
+    real = verification._run_math_verify
 
     def recording(tasks, timeout_seconds):
         sent.append(list(tasks))
         return real(tasks, timeout_seconds)
 
-    monkeypatch.setattr(rewards, "_run_math_verify", recording)
-    monkeypatch.setattr(rewards, "_CACHE", type(rewards._CACHE)())  # an empty cache: every pair needs math-verify
+    monkeypatch.setattr(verification, "_run_math_verify", recording)
+    monkeypatch.setattr(
+        verification, "_CACHE", type(verification._CACHE)()
+    )  # an empty cache: every pair needs math-verify
     completions = ["\\boxed{\\frac{1}{2}+x}"] * 6 + ["\\boxed{\\frac{1}{3}+x}"] * 2
     assert accuracy_reward(completions, ["x+0.5"] * 8) == [1.0] * 6 + [0.0] * 2
     assert len(sent) == 1 and len(sent[0]) == 2 and len(set(sent[0])) == 2
 
     # A timed-out pair counts once per row that asked for it, as if each row had been checked on its own.
-    rewards._warm_up_pool(1)
-    before = rewards.timeout_count()
+    verification._warm_up_pool(1)
+    before = verification.timeout_count()
     assert accuracy_reward([SLOW_COMPLETION] * 3, ["1"] * 3, timeout_seconds=1.0) == [0.0] * 3
     assert len(sent[-1]) == 1
-    assert rewards.timeout_count() == before + 3
+    assert verification.timeout_count() == before + 3
 
 
 def test_worker_thread_with_slow_expression_is_bounded():
-    rewards._warm_up_pool()
+    verification._warm_up_pool()
     calls = []
     completions = [SLOW_COMPLETION, "\\boxed{\\frac{2}{4}}", [{"role": "assistant", "content": "\\boxed{2\\sqrt{2}}"}]]
     golds = ["1", "0.5", "\\sqrt{8}"]
@@ -301,14 +265,14 @@ def _verify_in_child(queue):
         (
             verify_answer("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"),
             verify_answer(SLOW_COMPLETION, "1", timeout_seconds=1.0),
-            rewards.timeout_count(),
+            verification.timeout_count(),
         )
     )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method")
 def test_forked_process_gets_its_own_helpers():
-    rewards._warm_up_pool(1)  # the parent has live helpers that the child must not talk to
+    verification._warm_up_pool(1)  # the parent has live helpers that the child must not talk to
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_verify_in_child, args=(queue,))
@@ -384,7 +348,7 @@ def test_benchmark_gold_answers_self_verify(name):
     # The string comparison settles the line above; also check that math-verify alone (the step that grades answers
     # written differently from the gold) accepts each gold, apart from the known exceptions.
     tasks = [(strip_boxed(gold), strip_boxed(gold)) for gold in golds]
-    results = rewards._run_math_verify(tasks, timeout_seconds=10.0)
+    results = verification._run_math_verify(tasks, timeout_seconds=10.0)
     unparseable = sorted({gold for gold, (equal, _) in zip(golds, results) if not equal})
     known = MATH_VERIFY_UNPARSEABLE_GOLDS.get(name, {})
     assert set(unparseable) <= set(known), f"new golds math-verify cannot match: {set(unparseable) - set(known)}"

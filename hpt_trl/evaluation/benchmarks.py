@@ -329,7 +329,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def strip_boxed_answer(answer: str) -> str:
     """Remove one surrounding `\\boxed{}` from a gold answer, with the project's verifier helper."""
-    from hpt_trl.rewards import strip_boxed
+    from hpt_trl.answer_extraction import strip_boxed
 
     return strip_boxed(answer).strip()
 

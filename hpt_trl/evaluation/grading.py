@@ -53,7 +53,7 @@ _PHRASE_RE = re.compile(
 
 
 def _boxed_content(completion: str) -> str | None:
-    from hpt_trl.rewards import extract_boxed_answer
+    from hpt_trl.answer_extraction import extract_boxed_answer
 
     return extract_boxed_answer(completion)
 
@@ -139,7 +139,8 @@ def grade_with_checks(
             ok = choice is not None and choice == gold
             graded.append((ok, choice, MATCHED_CHOICE if ok else None))
         return graded
-    from hpt_trl.rewards import accuracy_reward, verify_extracted_answers, verify_whole_texts
+    from hpt_trl.rewards import accuracy_reward
+    from hpt_trl.verification import verify_extracted_answers, verify_whole_texts
 
     golds = [problem.answer] * len(completions)
     boxed = [_boxed_content(completion) for completion in completions]
