@@ -11,6 +11,8 @@ the authors' in-training validation (8 samples, 8192 tokens, boxed answer only).
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from hpt_trl.prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
+
 from .backends import (
     Generation,
     SamplingConfig,
@@ -42,7 +44,6 @@ from .grading import (
 )
 from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
 from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
-from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, EvalProtocol, get_protocol
 from .report import compare_results, format_results_table, load_results, plot_pass_at_k
 

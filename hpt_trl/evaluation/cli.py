@@ -3,11 +3,12 @@
 import argparse
 import sys
 
+from hpt_trl.prompts import TEMPLATES
+
 from .backends import BACKENDS, DTYPES
 from .benchmarks import BENCHMARK_GROUPS, BENCHMARKS, SOURCES, BenchmarkError
 from .grading import GRADINGS
 from .harness import EvalConfig, EvaluationError, evaluate
-from .prompts import TEMPLATES
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .report import compare_results, load_results, plot_pass_at_k
 

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from hpt_trl.prompts import TEMPLATES, render_prompt
+
 from .backends import BACKENDS, DTYPES, GenerationBackend, SamplingConfig, build_backend
 from .benchmarks import SOURCES, Problem, load_benchmark, parse_benchmark_args
 from .grading import GRADINGS, grade_with_checks
 from .metrics import summarize_records
-from .prompts import TEMPLATES, render_prompt
 from .protocols import (
     DEFAULT_PROTOCOL,
     LEGACY_GRADING,
