@@ -13,7 +13,7 @@ from pathlib import Path
 from hpt_trl.prompts import TEMPLATES, render_prompt
 
 from .backends import BACKENDS, DTYPES, GenerationBackend, SamplingConfig, build_backend
-from .benchmarks import SOURCES, Problem, load_benchmark, parse_benchmark_args
+from .benchmarks import BENCHMARK_GROUPS, BENCHMARKS, SOURCES, Problem, load_benchmark, parse_benchmark_args
 from .grading import GRADINGS, grade_with_checks
 from .metrics import summarize_records
 from .protocols import (
@@ -56,6 +56,9 @@ RESUME_FIELDS = (
 
 _DEFAULT_BATCH_SIZE = {"vllm": 256, "transformers": 8}
 
+# Metadata key of an `EvalConfig` field that `hpt-eval` sets through another flag, so gets no flag of its own.
+COMMAND_LINE = "command_line"
+
 
 class EvaluationError(ValueError):
     """Raised for invalid settings or an output folder that cannot be resumed."""
@@ -64,11 +67,14 @@ class EvaluationError(ValueError):
 @dataclass
 class EvalConfig:
     """
-    Settings of one evaluation run.
+    Settings of one evaluation run; they are also `hpt-eval`'s flags (`--model`, `--n`, ...), with the help texts of
+    their `metadata`. The protocol's values are filled in where a setting is left unset, and `sampling` then holds the
+    sampling settings as the backends take them (a `SamplingConfig`, validated when the config is built).
 
     Args:
         model (`str`):
-            Local checkpoint folder or Hub id.
+            Local checkpoint folder or Hub id. Required (its `None` default only lets `hpt-eval --compare` parse
+            without it).
         benchmarks (`list[str]`, *optional*, defaults to `["all"]`):
             Benchmark names, groups (`math`, `ood`, `all`) or `name=path/to/file` pairs.
         output_dir (`str`, *optional*):
@@ -125,32 +131,106 @@ class EvalConfig:
             Draw `pass_at_k.png` (needs matplotlib).
     """
 
-    model: str
-    benchmarks: list[str] = field(default_factory=lambda: ["all"])
-    output_dir: str | None = None
-    backend: str = "vllm"
-    template: str = "chat"
-    instruction: str | None = None
-    system_prompt: str | None = None
-    protocol: str = DEFAULT_PROTOCOL
-    grading: str | None = None
-    n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int = -1
-    max_new_tokens: int | None = None
-    seed: int = 0
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    data_dir: str | None = None
-    source: str = "auto"
-    limit: int | None = None
-    batch_size: int | None = None
-    grading_timeout: float = 5.0
-    save_completions: bool = True
-    plot: bool = True
+    # `hpt-eval --help` lists these flags under this title (HfArgumentParser reads it).
+    _argument_group_name = "evaluation"
+
+    model: str | None = field(default=None, metadata={"help": "Local checkpoint folder or Hub id."})
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={
+            "metavar": "NAME",
+            "help": f"Benchmarks: {', '.join(BENCHMARKS)}; groups: {', '.join(BENCHMARK_GROUPS)}; or "
+            "NAME=path/to/file (JSON list, JSONL or parquet). Default: all.",
+        },
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where records and results go (default: eval_results/<model name>)."}
+    )
+    backend: str = field(
+        default="vllm", metadata={"choices": BACKENDS, "help": "Generation backend (default: %(default)s)."}
+    )
+    template: str = field(
+        default="chat",
+        metadata={
+            "choices": TEMPLATES,
+            "help": "The training template (hpt_trl.prompts): chat: the tokenizer's chat template, one user turn "
+            "(Qwen); llama: the authors' 'Question:/Answer:' text with their boxed-answer suffix (Llama-3.1-8B); "
+            "none: raw.",
+        },
+    )
+    instruction: str | None = field(
+        default=None, metadata={"help": "Text appended to each problem (the authors' evaluation adds none)."}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "A system turn for --template chat (the authors' evaluation has none)."}
+    )
+    protocol: str = field(
+        default=DEFAULT_PROTOCOL,
+        metadata={
+            "choices": tuple(PROTOCOLS),
+            "help": "Evaluation protocol, which sets --n, --max_new_tokens, --temperature, --top_p and --grading "
+            "unless they are given: "
+            + "; ".join(f"{name}: {protocol.description}" for name, protocol in PROTOCOLS.items())
+            + " (default: %(default)s).",
+        },
+    )
+    grading: str | None = field(
+        default=None,
+        metadata={
+            "choices": GRADINGS,
+            "help": "Math grading: boxed_only (the last \\boxed{} answer, as the training reward) or with_fallbacks "
+            "(boxed, else 'The answer is:', else math-verify over the whole response) (default: the protocol's).",
+        },
+    )
+    # The fields of `SamplingConfig`, which `sampling` is built from. Those a protocol sets are `None` until
+    # `__post_init__` fills them in; the others take SamplingConfig's own defaults.
+    n: int | None = field(
+        default=None, metadata={"help": "Samples per problem (default: the protocol's, 16 paper, 8 validation)."}
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature; 0 = greedy (default: the protocol's, 0.6)."}
+    )
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling (default: the protocol's, 0.95)."})
+    top_k: int = field(
+        default=SamplingConfig.top_k, metadata={"help": "Top-k sampling, -1 = off (default: %(default)s)."}
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Response token limit (default: the protocol's, 32768 paper, 8192 validation; the model's "
+            "context may end a response first)."
+        },
+    )
+    seed: int = field(default=SamplingConfig.seed, metadata={"help": "Base seed (default: %(default)s)."})
+    dtype: str = field(default="auto", metadata={"choices": DTYPES, "help": "Weights dtype (default: %(default)s)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model (default: %(default)s)."})
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "vLLM: GPU memory share (default: %(default)s)."}
+    )
+    max_model_len: int | None = field(default=None, metadata={"help": "vLLM: context length (default: the model's)."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of local benchmark files named like the authors' (AIME24.json ... ARC-c.parquet)."},
+    )
+    source: str = field(
+        default="auto",
+        metadata={
+            "choices": SOURCES,
+            "help": "Benchmark source: local files, the authors' public files, or the Hub (default: auto = local "
+            "if --data_dir is given, else the authors' files).",
+        },
+    )
+    limit: int | None = field(default=None, metadata={"help": "Only the first LIMIT problems of each benchmark."})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Problems per generation call (default: 256 vLLM, 8 transformers)."}
+    )
+    grading_timeout: float = field(
+        default=5.0, metadata={"help": "Seconds per math verification (default: %(default)s)."}
+    )
+    # Not flags of their own: `hpt-eval` sets them with --no_completions and --no_plot (see `cli.OutputOptions`).
+    save_completions: bool = field(default=True, metadata={COMMAND_LINE: False})
+    plot: bool = field(default=True, metadata={COMMAND_LINE: False})
+    sampling: SamplingConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.model or not str(self.model).strip():
@@ -195,7 +275,7 @@ class EvalConfig:
             if value not in choices:
                 raise EvaluationError(f"Unknown --{name} {value!r}; choose one of {', '.join(choices)}.")
         try:
-            self.sampling  # noqa: B018 (validates n, temperature, top_p, top_k and max_new_tokens)
+            self.sampling = SamplingConfig(**{f.name: getattr(self, f.name) for f in fields(SamplingConfig)})
         except ValueError as error:
             raise EvaluationError(str(error)) from error
         for name in ("limit", "batch_size", "max_model_len"):
@@ -214,17 +294,6 @@ class EvalConfig:
             raise EvaluationError(f"--data_dir {self.data_dir!r} is not a folder; point it at the benchmark files.")
         if self.output_dir is None:
             self.output_dir = str(Path("eval_results") / model_label(self.model))
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed,
-        )
 
     def protocol_record(self) -> dict:
         """
@@ -248,7 +317,8 @@ class EvalConfig:
         return key
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The settings, as the constructor takes them (what `results.json` records under `config`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 def _check_or_write_run_config(config: EvalConfig, output_dir: Path) -> None:
