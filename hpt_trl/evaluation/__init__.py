@@ -33,7 +33,7 @@ from .benchmarks import (
     load_benchmark,
     parse_benchmark_args,
 )
-from .cli import main
+from .config import EvalConfig, EvaluationError
 from .grading import (
     GRADINGS,
     extract_answer_is,
@@ -42,7 +42,7 @@ from .grading import (
     grade_completions,
     grade_with_checks,
 )
-from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
+from .harness import evaluate, read_records_file
 from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, EvalProtocol, get_protocol
 from .report import compare_results, format_results_table, load_results, plot_pass_at_k
@@ -50,9 +50,11 @@ from .report import compare_results, format_results_table, load_results, plot_pa
 
 if TYPE_CHECKING:
     from .callback import BenchmarkCallback
+    from .cli import main
 
-# The callback subclasses `transformers.TrainerCallback`: import it only when asked for, to keep this package light.
-_LAZY = {"BenchmarkCallback": "hpt_trl.evaluation.callback"}
+# The callback subclasses `transformers.TrainerCallback` and the command line is a `transformers.HfArgumentParser`:
+# import them only when asked for, to keep this package light (importing transformers takes seconds).
+_LAZY = {"BenchmarkCallback": "hpt_trl.evaluation.callback", "main": "hpt_trl.evaluation.cli"}
 
 
 def __getattr__(name):

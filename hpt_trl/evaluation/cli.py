@@ -10,7 +10,8 @@ from dataclasses import Field, dataclass, field, fields
 from transformers import HfArgumentParser
 
 from .benchmarks import BenchmarkError
-from .harness import COMMAND_LINE, EvalConfig, EvaluationError, evaluate
+from .config import COMMAND_LINE, EvalConfig, EvaluationError
+from .harness import evaluate
 from .report import compare_results, load_results, plot_pass_at_k
 
 
