@@ -5,7 +5,8 @@ Evaluation harness for the benchmarks of the HPT paper (arXiv 2509.04419), follo
 transformers), grades them with the project's verifier, and reports avg@n (the paper's score), pass@k, mean response
 length and the share of truncated responses. The default `--protocol paper` follows the evaluation of the paper's
 table (DeepMath's `uni_eval.py`: 16 samples, 32768 new tokens, grading with fallbacks); `--protocol validation` is
-the authors' in-training validation (8 samples, 8192 tokens, boxed answer only). Everything here imports without torch; the backends load it on use.
+the authors' in-training validation (8 samples, 8192 tokens, boxed answer only). Everything here imports without
+torch or transformers; the backends, the training callback and the command line load them on use.
 """
 
 from importlib import import_module

@@ -288,8 +288,8 @@ def _builder_for(data_file: str) -> str:
 
 def read_records(path: str | os.PathLike) -> list[dict]:
     """
-    Read a local benchmark file with `datasets`: a JSON list (or an object with a `data`/`test`/`problems` list), JSONL,
-    or parquet.
+    Read a local benchmark file with `datasets`: a JSON list (or an object with a `data`/`test`/`problems` list),
+    JSONL, or parquet.
 
     Args:
         path (`str` or `os.PathLike`):
