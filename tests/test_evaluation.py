@@ -324,6 +324,12 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_benchmark("amc23", path=bad)
     with pytest.raises(BenchmarkError, match="`limit` must be >= 1"):
         load_benchmark("amc23", data_dir=FIXTURES, limit=0)
+    bad.write_text('[{"prompt": "What is 1+1?", ')
+    with pytest.raises(BenchmarkError, match=r"bad.json' could not be read as a benchmark file"):
+        load_benchmark("amc23", path=bad)
+    # A JSON object that wraps the list of problems is read too.
+    bad.write_text(json.dumps({"problems": [{"prompt": "What is 1+1?", "answer": "2"}]}))
+    assert [p.answer for p in load_benchmark("amc23", path=bad)] == ["2"]
 
 
 def test_remote_loaders_call_load_dataset(monkeypatch):
@@ -870,6 +876,31 @@ def test_cli_bad_input_fails_fast_with_a_clear_message(args, message, capsys):
         main(["--model", "Org/model", "--backend", "transformers", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_flags_are_the_config_fields():
+    """hpt-eval's flags are EvalConfig's fields, each with a help text, and argparse's unique prefixes still work."""
+    from dataclasses import fields
+
+    from hpt_trl.evaluation.cli import build_parser
+
+    parser = build_parser()
+    flags = {action.dest: action for action in parser._actions}
+    for config_field in fields(EvalConfig):
+        if config_field.name in ("save_completions", "plot", "sampling"):
+            continue  # set through --no_completions / --no_plot, or derived
+        assert flags[config_field.name].help, config_field.name
+    args = parser.parse_args(["--model", "Org/model", "--tensor", "2", "--no_completions", "--top-k", "20"])
+    assert (args.tensor_parallel_size, args.no_completions, args.top_k) == (2, True, 20)
+    config = EvalConfig(model="Org/model", benchmarks=["aime24"], top_k=20)
+    assert config.sampling == SamplingConfig(n=16, temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=32768)
+
+
+def test_the_package_imports_without_transformers():
+    import subprocess
+
+    code = "import sys, hpt_trl.evaluation; assert 'transformers' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_cli_requires_a_model(capsys):

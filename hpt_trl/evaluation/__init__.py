@@ -5,11 +5,14 @@ Evaluation harness for the benchmarks of the HPT paper (arXiv 2509.04419), follo
 transformers), grades them with the project's verifier, and reports avg@n (the paper's score), pass@k, mean response
 length and the share of truncated responses. The default `--protocol paper` follows the evaluation of the paper's
 table (DeepMath's `uni_eval.py`: 16 samples, 32768 new tokens, grading with fallbacks); `--protocol validation` is
-the authors' in-training validation (8 samples, 8192 tokens, boxed answer only). Everything here imports without torch; the backends load it on use.
+the authors' in-training validation (8 samples, 8192 tokens, boxed answer only). Everything here imports without
+torch or transformers; the backends, the training callback and the command line load them on use.
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING
+
+from hpt_trl.prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
 
 from .backends import (
     Generation,
@@ -31,7 +34,7 @@ from .benchmarks import (
     load_benchmark,
     parse_benchmark_args,
 )
-from .cli import main
+from .config import EvalConfig, EvaluationError
 from .grading import (
     GRADINGS,
     extract_answer_is,
@@ -40,18 +43,19 @@ from .grading import (
     grade_completions,
     grade_with_checks,
 )
-from .harness import EvalConfig, EvaluationError, evaluate, read_records_file
+from .harness import evaluate, read_records_file
 from .metrics import pass_at_k, pass_at_k_budgets, summarize_records
-from .prompts import LLAMA_SUFFIX, LLAMA_TEMPLATE, TEMPLATES, render_prompt
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, EvalProtocol, get_protocol
 from .report import compare_results, format_results_table, load_results, plot_pass_at_k
 
 
 if TYPE_CHECKING:
     from .callback import BenchmarkCallback
+    from .cli import main
 
-# The callback subclasses `transformers.TrainerCallback`: import it only when asked for, to keep this package light.
-_LAZY = {"BenchmarkCallback": "hpt_trl.evaluation.callback"}
+# The callback subclasses `transformers.TrainerCallback` and the command line is a `transformers.HfArgumentParser`:
+# import them only when asked for, to keep this package light (importing transformers takes seconds).
+_LAZY = {"BenchmarkCallback": "hpt_trl.evaluation.callback", "main": "hpt_trl.evaluation.cli"}
 
 
 def __getattr__(name):

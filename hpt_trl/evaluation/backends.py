@@ -1,9 +1,9 @@
 """
 Generation backends: vLLM for real evaluations and transformers for CPU runs, small checks and in-training callbacks.
 
-Both take prompts as token ids (rendered by `prompts.render_prompt`), so the two backends see exactly the same input,
-and both return, per prompt, `n` `Generation`s with the decoded text, the token count and whether the token limit cut
-the response off.
+Both take prompts as token ids (rendered by `hpt_trl.prompts.render_prompt`), so the two backends see exactly the same
+input, and both return, per prompt, `n` `Generation`s with the decoded text, the token count and whether the token
+limit cut the response off.
 """
 
 import math

@@ -2,14 +2,14 @@
 The paper's evaluation sets and their loaders.
 
 Every benchmark can be read from a local file (a JSON list, JSONL or parquet in the schemas of the authors' files),
-from the authors' public files (the exact sets the paper reports, fetched with `datasets.load_dataset`), or from a Hub
-dataset. All three give the same `Problem` records.
+from the authors' public files (the exact sets the paper reports), or from a Hub dataset, all three with
+`datasets.load_dataset`. All three give the same `Problem` records.
 """
 
 import hashlib
-import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +187,8 @@ OOD_BENCHMARKS = tuple(key for key, spec in BENCHMARKS.items() if spec.kind == M
 BENCHMARK_GROUPS = {"math": MATH_BENCHMARKS, "ood": OOD_BENCHMARKS, "all": tuple(BENCHMARKS)}
 
 _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+# Keys under which a JSON file may wrap its list of problems in an object.
+_LIST_KEYS = ("data", "test", "problems")
 
 
 def _normalize_name(name: str) -> str:
@@ -279,52 +281,54 @@ def find_local_file(spec: BenchmarkSpec, data_dir: str | os.PathLike) -> Path:
     )
 
 
+def _builder_for(data_file: str) -> str:
+    """The `datasets` builder for a benchmark file: `parquet` by its suffix, else `json` (a JSON list or JSONL)."""
+    return "parquet" if data_file.lower().endswith(".parquet") else "json"
+
+
 def read_records(path: str | os.PathLike) -> list[dict]:
     """
-    Read a local benchmark file: a JSON list (or an object with a `data`/`test` list), JSONL, or parquet.
+    Read a local benchmark file with `datasets`: a JSON list (or an object with a `data`/`test`/`problems` list),
+    JSONL, or parquet.
 
     Args:
         path (`str` or `os.PathLike`):
             The file.
 
     Returns:
-        `list[dict]`: One dict per row.
+        `list[dict]`: One dict per row (a field some rows lack is `None` in them).
     """
+    import datasets
+
     path = Path(path)
     if not path.is_file():
         raise BenchmarkError(f"Benchmark file {str(path)!r} does not exist.")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".jsonl" or (suffix != ".json" and not text.lstrip().startswith(("[", "{"))):
-        rows = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise BenchmarkError(f"{str(path)!r} line {line_number} is not valid JSON: {error}.") from error
-        return rows
+    builder = _builder_for(path.name)
+    # No "Generating train split" bar for a file of a few hundred rows; the caller's own setting is restored after.
+    bars_were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    # A throwaway cache: the file is read afresh every time (a resumed run must see an edited file as edited), and
+    # reading a local file leaves nothing behind in the datasets cache.
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        # A `.json` file may still hold one object per line.
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError:
-            raise BenchmarkError(f"{str(path)!r} is neither a JSON list nor JSONL: {error}.") from error
-    if isinstance(data, dict):
-        for key in ("data", "test", "problems"):
-            if isinstance(data.get(key), list):
-                return data[key]
-        raise BenchmarkError(f"{str(path)!r} holds a JSON object; expected a list of problems (or JSONL).")
-    if not isinstance(data, list):
-        raise BenchmarkError(f"{str(path)!r} holds a JSON {type(data).__name__}; expected a list of problems.")
-    return data
+        with tempfile.TemporaryDirectory() as cache_dir:
+            rows = datasets.load_dataset(
+                builder, data_files=str(path), split="train", cache_dir=cache_dir, keep_in_memory=True
+            ).to_list()
+    except Exception as error:
+        cause = error.__cause__ or error  # datasets wraps the parser's own error in a DatasetGenerationError
+        raise BenchmarkError(
+            f"{str(path)!r} could not be read as a benchmark file ({type(cause).__name__}: {cause}); expected a "
+            "non-empty JSON list of problems, JSONL (one problem per line) or parquet."
+        ) from error
+    finally:
+        if not bars_were_disabled:
+            datasets.enable_progress_bars()
+    if builder == "json" and len(rows) == 1:
+        # datasets reads a JSON object as one row: a file that wraps its problems in one, under one of these keys.
+        for key in _LIST_KEYS:
+            if isinstance(rows[0].get(key), list):
+                return rows[0][key]
+    return rows
 
 
 def strip_boxed_answer(answer: str) -> str:
@@ -479,9 +483,8 @@ def _load_remote_rows(spec: BenchmarkSpec) -> list[dict]:
 
     from datasets import load_dataset
 
-    builder = "parquet" if spec.remote_url.endswith(".parquet") else "json"
     try:
-        dataset = load_dataset(builder, data_files={"test": spec.remote_url}, split="test")
+        dataset = load_dataset(_builder_for(spec.remote_url), data_files={"test": spec.remote_url}, split="test")
     except Exception as error:
         missing = [name for name in ("requests", "aiohttp") if importlib.util.find_spec(name) is None]
         if missing:  # datasets reads URLs through fsspec's HTTP filesystem, which needs both

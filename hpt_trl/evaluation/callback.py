@@ -4,11 +4,12 @@ import os
 
 from transformers import TrainerCallback
 
+from hpt_trl.prompts import render_prompt
+
 from .backends import SamplingConfig, TransformersBackend
 from .benchmarks import Problem, load_benchmark
 from .grading import grade_completions
 from .metrics import summarize_records
-from .prompts import render_prompt
 
 
 def log_at_step(trainer, args, state, control, metrics: dict) -> None:
