@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as model_root:
         model = args.model
         if model == "tiny":
-            from hpt_trl.tiny_model import save_tiny_model
+            from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
             model = str(save_tiny_model(Path(model_root) / "model", hidden_size=args.hidden_size))
         base = {k: v for k, v in vars(args).items() if k not in ("json", "worker", "shares", "rounds", "seed")}

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
 
 from hpt_trl import HPTConfig, HPTTrainer
-from hpt_trl.tiny_model import save_tiny_model
+from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
 
 def half_wrong(completions, pid, **kwargs):

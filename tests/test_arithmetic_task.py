@@ -1,4 +1,4 @@
-"""Tests of the built-in arithmetic task (`hpt_trl.arithmetic_task`) and the cached base model (`hpt_trl.base_model`)."""
+"""Tests of the built-in arithmetic task (`hpt_trl.builtin_task.arithmetic_task`) and its cached base model."""
 
 import json
 import re
@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from hpt_trl import base_model
-from hpt_trl.arithmetic_task import (
+from hpt_trl.builtin_task import base_model
+from hpt_trl.builtin_task.arithmetic_task import (
     EASY_DIFFICULTY,
     HARD_DIFFICULTY,
     EvalResult,
@@ -17,9 +17,9 @@ from hpt_trl.arithmetic_task import (
     is_held_out,
     make_arithmetic_datasets,
 )
-from hpt_trl.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
+from hpt_trl.builtin_task.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
+from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
 from hpt_trl.rewards import extract_boxed_answer, verify_answer
-from hpt_trl.tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
 # Small enough that a training step is milliseconds: these tests check the caching logic, not what the model learns.

@@ -5,9 +5,9 @@ import torch
 from hpt_testing import make_config, make_dataset, parameters
 
 from hpt_trl import HPTConfig, HPTTrainer
+from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
 from hpt_trl.gating import DEMONSTRATION_ROW
 from hpt_trl.packing import plan_forward, sequences_from_batch, split_scored
-from hpt_trl.tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
 def odd_wrong_even_by_length(completions, pid, **kwargs):

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..rng import private_rng
 from .arithmetic_task import (
     DEFAULT_MAX_OPERAND,
     EASY_DIFFICULTY,
@@ -30,7 +31,6 @@ from .arithmetic_task import (
     generate_problems,
     problems_to_dataset,
 )
-from .rng import private_rng
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -90,7 +90,7 @@ def base_model_settings(
         num_validation (`int`, *optional*, defaults to `128`):
             Validation problems (training split, never trained on in this run).
         model_kwargs (`dict` or `None`, *optional*, defaults to `None`):
-            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.tiny_model.build_tiny_qwen2`].
+            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.builtin_task.tiny_model.build_tiny_qwen2`].
     """
     return {
         "cache_version": _CACHE_VERSION,
@@ -225,9 +225,9 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **setti
     """
     Return the folder of the base model for these settings, pretraining it first unless it is already cached.
 
-    The base is [`~hpt_trl.tiny_model.build_tiny_qwen2`] trained with plain next-token SFT on batches of fresh
-    training-split problems of one difficulty (by default the easy level only), loss on the demonstration and EOS,
-    AdamW with linear warmup and cosine decay over `num_steps`. Training stops early, at the first check where greedy
+    The base is [`~hpt_trl.builtin_task.tiny_model.build_tiny_qwen2`] trained with plain next-token SFT on batches of
+    fresh training-split problems of one difficulty (by default the easy level only), loss on the demonstration and
+    EOS, AdamW with linear warmup and cosine decay over `num_steps`. Training stops early, at the first check where greedy
     accuracy on `num_validation` training-split problems reaches `target_accuracy`. When the model starts to get
     carries right varies a lot with the seed, so a fixed step count gave bases from 11% (seed 1, 600 steps) to 77%
     (seed 0, 900 steps) held-out easy accuracy, while the stop rule gives every seed the same profile: partial skill

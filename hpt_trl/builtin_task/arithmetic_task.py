@@ -37,7 +37,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .rng import private_rng
+from ..rng import private_rng
 
 
 EASY_DIFFICULTY = 1
@@ -285,7 +285,7 @@ class EvalResult:
 
     def pass_at_k(self, k: int) -> float:
         """Unbiased pass@k (Chen et al., 2021), averaged over problems; needs `1 <= k <= num_samples`."""
-        from .evaluation.metrics import pass_at_k
+        from ..evaluation.metrics import pass_at_k
 
         scores = [pass_at_k(self.num_samples, count, k) for count in self.correct_counts]
         return sum(scores) / len(scores) if scores else 0.0
@@ -358,7 +358,7 @@ def generate_completions(
 
 def grade_completions(completions: list[list[str]], solutions: list[str]) -> list[int]:
     """Number of completions per problem whose last `\\boxed{}` answer math-verifies against the solution."""
-    from .rewards import verify_answer
+    from ..rewards import verify_answer
 
     return [
         sum(verify_answer(completion, solution) for completion in group)
