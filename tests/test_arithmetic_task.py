@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from hpt_trl.builtin_task import base_model
 from hpt_trl.builtin_task.arithmetic_task import (
@@ -128,6 +129,8 @@ class ScriptedModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.answers_correctly = answers_correctly
         self.calls = []
+        # What the evaluation backend reads the stop token from, as on a real model.
+        self.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
 
     @property
     def device(self):
@@ -151,7 +154,7 @@ class ScriptedModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("answers_correctly", [True, False])
-def test_evaluate_accuracy_grades_through_verify_answer(answers_correctly):
+def test_evaluate_accuracy_generates_and_grades_through_the_evaluation_package(answers_correctly):
     tokenizer = build_char_tokenizer()
     _, held_out = make_arithmetic_datasets(0, 10, {1: 0.5, 3: 0.5})
     model = ScriptedModel(tokenizer, answers_correctly)

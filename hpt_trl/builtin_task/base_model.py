@@ -30,6 +30,7 @@ from .arithmetic_task import (
     evaluate_accuracy,
     generate_problems,
     problems_to_dataset,
+    prompt_ids,
 )
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
@@ -125,13 +126,10 @@ def _encode(tokenizer: PreTrainedTokenizerBase, problems) -> list[tuple[list[int
     """Token ids of prompt + demonstration + EOS, and where the completion starts."""
     encoded = []
     for problem in problems:
-        # Rendered then tokenized, exactly as `evaluate_accuracy` and the trainers build their prompts.
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False
-        )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # The prompt ids `evaluate_accuracy` generates from, so the base is trained on exactly what it is asked.
+        prompt = prompt_ids(tokenizer, [{"role": "user", "content": problem.question}])
         completion_ids = tokenizer(problem.demonstration, add_special_tokens=False)["input_ids"]
-        encoded.append((prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+        encoded.append((prompt + completion_ids + [tokenizer.eos_token_id], len(prompt)))
     return encoded
 
 
