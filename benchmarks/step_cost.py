@@ -286,7 +286,7 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(results: dict[str, dict[str, dict]]) -> str:
+def markdown(results: dict[str, dict[str, dict]], hpt_gammas: list[int]) -> str:
     cuda = any(row["cuda_peak_mib"] is not None for rows in results.values() for row in rows.values())
     peak = "CUDA peak MiB" if cuda else "peak RSS MiB"
     lines = [
@@ -305,17 +305,16 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
     memory = "CUDA peak" if cuda else "activation peak"
     lines += [
         "",
-        f"| gated | trainer | train time HPT/GRPO | step time HPT/GRPO | {memory} HPT/GRPO | tok fwd HPT/GRPO |",
+        f"| gated | HPT gamma | train time HPT/GRPO | step time HPT/GRPO | {memory} HPT/GRPO | tok fwd HPT/GRPO |",
     ]
-    lines.append("| ---: | --- | ---: | ---: | ---: | ---: |")
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
     mem_key = "cuda_peak_mib" if cuda else "act_peak_mib"
     for share, rows in results.items():
         grpo = rows[GRPO]
-        for trainer, hpt in rows.items():
-            if trainer == GRPO:
-                continue
+        for gamma in hpt_gammas:
+            hpt = rows[hpt_label(gamma)]
             ratios = [hpt[k] / grpo[k] if grpo[k] else None for k in ("train", "step", mem_key, "tok_fwd")]
-            lines.append(f"| {share}% | {trainer} | " + " | ".join(map(fmt, ratios)) + " |")
+            lines.append(f"| {share}% | {gamma} | " + " | ".join(map(fmt, ratios)) + " |")
     return "\n".join(lines)
 
 
@@ -394,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress.update()
         progress.close()
     results = {share: {trainer: summarize(runs[share, trainer]) for trainer, _ in trainers} for share in args.shares}
-    print(markdown(results))
+    print(markdown(results, args.hpt_gammas))
     if args.json:
         options = {k: v for k, v in vars(args).items() if k != "worker"}
         flat = [{"share": share, "trainer": trainer, **run} for (share, trainer), rs in runs.items() for run in rs]
