@@ -39,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..evaluation.backends import SamplingConfig, TransformersBackend
 from ..evaluation.benchmarks import MATH, Problem
 from ..evaluation.grading import grade_completions
+from ..evaluation.metrics import pass_at_k
 
 
 EASY_DIFFICULTY = 1
@@ -286,8 +287,6 @@ class EvalResult:
 
     def pass_at_k(self, k: int) -> float:
         """Unbiased pass@k (Chen et al., 2021), averaged over problems; needs `1 <= k <= num_samples`."""
-        from ..evaluation.metrics import pass_at_k
-
         scores = [pass_at_k(self.num_samples, count, k) for count in self.correct_counts]
         return sum(scores) / len(scores) if scores else 0.0
 
