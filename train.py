@@ -34,6 +34,14 @@ from transformers import AutoTokenizer, PrinterCallback, ProgressCallback, Train
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hpt_trl import HPTConfig, HPTTrainer
+from hpt_trl.builtin_task.demo import (
+    BUILTIN_DATASET,
+    BUILTIN_MODEL,
+    ArithmeticTaskArguments,
+    HeldOutAccuracyCallback,
+    heldout_accuracy,
+    plot_training_dynamics,
+)
 from hpt_trl.checkpoints import (
     TRAINER_STATE_NAME,
     check_requested_checkpoint,
@@ -41,18 +49,8 @@ from hpt_trl.checkpoints import (
     has_final_model,
 )
 from hpt_trl.data import HPTScriptArguments, load_hpt_dataset
-from hpt_trl.demo import (
-    BUILTIN_DATASET,
-    BUILTIN_MODEL,
-    ArithmeticTaskArguments,
-    CompactPrinterCallback,
-    CompactProgressCallback,
-    HeldOutAccuracyCallback,
-    MetricsFileCallback,
-    heldout_accuracy,
-    plot_training_dynamics,
-)
 from hpt_trl.rewards import get_reward_funcs
+from hpt_trl.run_callbacks import CompactPrinterCallback, CompactProgressCallback, MetricsFileCallback
 
 
 # Under the `hpt_trl` logger, so the one handler `__main__` sets shows the library's and the script's messages.

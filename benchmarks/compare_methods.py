@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from hpt_trl.arithmetic_task import evaluate_accuracy  # noqa: E402
+from hpt_trl.builtin_task.arithmetic_task import evaluate_accuracy  # noqa: E402
 from hpt_trl.data import METHODS  # noqa: E402
 
 

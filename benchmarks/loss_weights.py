@@ -86,7 +86,7 @@ def recipe_config(recipe: str, output_dir: str):
 
 def measure(recipe: str) -> dict:
     from hpt_trl import HPTTrainer
-    from hpt_trl.tiny_model import save_tiny_model
+    from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
     with tempfile.TemporaryDirectory() as folder:
         config, knobs = recipe_config(recipe, str(Path(folder) / "run"))

@@ -4,16 +4,18 @@ needs, and the memory peak, for 0%, 50% and 100% of the prompts gated to SFT.
 
     OMP_NUM_THREADS=1 python benchmarks/step_cost.py --steps 4 --rounds 2
     python benchmarks/step_cost.py --model Qwen/Qwen2.5-0.5B-Instruct --bf16 --max_completion_length 512  # GPU
+    # step time of HPT's code path alone: HPTTrainer at gamma=-1 is GRPO, beside gamma=0 and GRPOTrainer
+    OMP_NUM_THREADS=1 python benchmarks/step_cost.py --steps 6 --rounds 3 --shares 50 --hpt_gammas -1 0
 
-HPTTrainer (gamma=0) and trl.GRPOTrainer train the same model on the same data with the same seed and config
-(loss_type "dr_grpo", scale_rewards "none", beta 0; extra `-- key=value` overrides go to both). Every (gated share,
-trainer) configuration runs in a fresh subprocess, so memory peaks are its own; configurations are interleaved round by
-round and averaged; the first step of each run is warm-up and dropped. The gated share is set by the reward, which
-reads each rollout's index `i` in the generation batch (TRL scores the batch in one call with each prompt's
-`num_generations` rollouts contiguous, so group = i // num_generations, rollout = i % num_generations): the first
-`round(share * groups)` groups get 0 on every rollout (P = 0 <= gamma, so HPT trains them with SFT); in the others
-rollout 0 gets 1 (P >= 1, so they stay in RL) and the rest get the parity of their text length (spread, so the RL
-term is not zero). GRPO gets the very same rewards.
+HPTTrainer (gamma=0, or each of `--hpt_gammas`) and trl.GRPOTrainer train the same model on the same data with the
+same seed and config (loss_type "dr_grpo", scale_rewards "none", beta 0; extra `-- key=value` overrides go to all).
+Every (gated share, trainer) configuration runs in a fresh subprocess, so memory peaks are its own; configurations are
+interleaved round by round and averaged; the first step of each run is warm-up and dropped. The gated share is set by
+the reward, which reads each rollout's index `i` in the generation batch (TRL scores the batch in one call with each
+prompt's `num_generations` rollouts contiguous, so group = i // num_generations, rollout = i % num_generations): the
+first `round(share * groups)` groups get 0 on every rollout (P = 0 <= gamma, so HPT at gamma >= 0 trains them with
+SFT; at gamma=-1 nothing is gated); in the others rollout 0 gets 1 (P >= 1, so they stay in RL) and the rest get the
+parity of their text length (spread, so the RL term is not zero). GRPO gets the very same rewards.
 
 Columns, per optimizer step (means over the measured steps of all rounds):
     gen s        time in `_generate` (transformers or vLLM generation)
@@ -31,11 +33,11 @@ Columns, per optimizer step (means over the measured steps of all rounds):
                  checkpointed layers is seen, so it is off by default here (`--gradient_checkpointing` turns it on)
     peak MiB     process peak: `torch.cuda.max_memory_allocated` on CUDA, peak RSS (`ru_maxrss`) on CPU
     SFT share    HPT's logged `hpt/sft_prompt_ratio` (checks that the reward gated what it should)
-The second table gives HPT/GRPO ratios per gated share (peak memory: CUDA peak on GPU, activation peak on CPU).
+The second table gives HPT/GRPO ratios per gated share and HPT gamma (peak memory: CUDA peak on GPU, activation peak
+on CPU).
 """
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -50,11 +52,16 @@ import torch
 from tqdm import tqdm
 
 
-TRAINERS = ("GRPO", "HPT")
+GRPO = "GRPO"
 TRI_STATE = {"auto": None, "true": True, "false": False}
 TIME_KEYS = ("gen", "reward", "ref", "train", "step")
 TOKEN_KEYS = ("tok_fwd", "tok_needed", "loss_tok")
 MIB = 2**20
+
+
+def hpt_label(gamma: int) -> str:
+    """The table's name of HPTTrainer at `gamma`: plain `HPT` for the default gamma=0."""
+    return "HPT" if gamma == 0 else f"HPT gamma={gamma}"
 
 
 def make_reward(gated_share: float, num_generations: int):
@@ -96,7 +103,7 @@ def parse_overrides(extras: list[str]) -> dict:
     return overrides
 
 
-def build_trainer(spec: dict, output_dir: Path, notes: list[str]):
+def build_trainer(spec: dict, output_dir: Path):
     from trl import GRPOConfig, GRPOTrainer
 
     from hpt_trl import HPTConfig, HPTTrainer
@@ -128,16 +135,13 @@ def build_trainer(spec: dict, output_dir: Path, notes: list[str]):
     if spec["use_liger_kernel"]:
         kwargs["use_liger_kernel"] = True
     kwargs.update(spec["overrides"])
-    config_class, trainer_class = (GRPOConfig, GRPOTrainer) if spec["trainer"] == "GRPO" else (HPTConfig, HPTTrainer)
-    if spec["trainer"] == "HPT":
-        kwargs["gamma"] = 0
-        fields = {f.name for f in dataclasses.fields(HPTConfig)}
+    config_class, trainer_class = (GRPOConfig, GRPOTrainer) if spec["trainer"] == GRPO else (HPTConfig, HPTTrainer)
+    if spec["trainer"] != GRPO:
+        kwargs["gamma"] = spec["gamma"]
         for name in ("padding_free", "skip_zero_advantage_rows"):
             value = TRI_STATE[spec[name]]
-            if value is not None and name in fields:
+            if value is not None:
                 kwargs[name] = value
-            elif value is not None:
-                notes.append(f"HPTConfig has no field `{name}` yet: --{name} {spec[name]} was ignored.")
     reward = make_reward(spec["share"] / 100, spec["num_generations"])
     dataset = make_dataset(spec["num_prompts"] * spec["steps"])
     return trainer_class(spec["model"], reward, args=config_class(**kwargs), train_dataset=dataset)
@@ -239,10 +243,9 @@ def worker(run_dir: Path) -> None:
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
     spec = json.loads((run_dir / "spec.json").read_text())
-    notes = []
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(spec, run_dir / "output", notes)
+    trainer = build_trainer(spec, run_dir / "output")
     steps = instrument(trainer)
     trainer.train()
     gated = [log["hpt/sft_prompt_ratio"] for log in trainer.state.log_history if "hpt/sft_prompt_ratio" in log]
@@ -251,7 +254,6 @@ def worker(run_dir: Path) -> None:
         "sft_prompt_ratio": gated[1:],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / MIB if torch.cuda.is_available() else None,
-        "notes": notes,
     }
     (run_dir / "result.json").write_text(json.dumps(result))
 
@@ -284,7 +286,7 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(results: dict[str, dict[str, dict]]) -> str:
+def markdown(results: dict[str, dict[str, dict]], hpt_gammas: list[int]) -> str:
     cuda = any(row["cuda_peak_mib"] is not None for rows in results.values() for row in rows.values())
     peak = "CUDA peak MiB" if cuda else "peak RSS MiB"
     lines = [
@@ -301,13 +303,18 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
                 f"| {r['cuda_peak_mib'] if cuda else r['peak_rss_mib']:.0f} | {fmt(r['sft_prompt_ratio'])} |"
             )
     memory = "CUDA peak" if cuda else "activation peak"
-    lines += ["", f"| gated | train time HPT/GRPO | step time HPT/GRPO | {memory} HPT/GRPO | tok fwd HPT/GRPO |"]
-    lines.append("| ---: | ---: | ---: | ---: | ---: |")
+    lines += [
+        "",
+        f"| gated | HPT gamma | train time HPT/GRPO | step time HPT/GRPO | {memory} HPT/GRPO | tok fwd HPT/GRPO |",
+    ]
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    mem_key = "cuda_peak_mib" if cuda else "act_peak_mib"
     for share, rows in results.items():
-        hpt, grpo = rows["HPT"], rows["GRPO"]
-        mem_key = "cuda_peak_mib" if cuda else "act_peak_mib"
-        ratios = [hpt[k] / grpo[k] if grpo[k] else None for k in ("train", "step", mem_key, "tok_fwd")]
-        lines.append(f"| {share}% | " + " | ".join(map(fmt, ratios)) + " |")
+        grpo = rows[GRPO]
+        for gamma in hpt_gammas:
+            hpt = rows[hpt_label(gamma)]
+            ratios = [hpt[k] / grpo[k] if grpo[k] else None for k in ("train", "step", mem_key, "tok_fwd")]
+            lines.append(f"| {share}% | {gamma} | " + " | ".join(map(fmt, ratios)) + " |")
     return "\n".join(lines)
 
 
@@ -331,12 +338,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--padding_free", choices=TRI_STATE, default="auto", help="HPTConfig.padding_free")
     parser.add_argument("--skip_zero_advantage_rows", choices=TRI_STATE, default="auto")
     parser.add_argument("--shares", type=int, nargs="+", default=[0, 50, 100], help="percent of prompts gated")
+    parser.add_argument(
+        "--hpt_gammas",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="HPTTrainer runs once per gamma; -1 is GRPO through HPT's code path, which isolates that code's cost",
+    )
     parser.add_argument("--json", help="save the results to this path")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(own)
     args.overrides = parse_overrides(extras)
     if args.worker:
         return args
+    if len(set(args.hpt_gammas)) != len(args.hpt_gammas):
+        parser.error(f"--hpt_gammas lists a gamma twice: {args.hpt_gammas}.")
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step of each run is warm-up and dropped.")
     rows = args.num_prompts * args.num_generations
@@ -359,26 +375,25 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as model_root:
         model = args.model
         if model == "tiny":
-            from hpt_trl.tiny_model import save_tiny_model
+            from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
             model = str(save_tiny_model(Path(model_root) / "model", hidden_size=args.hidden_size))
-        base = {k: v for k, v in vars(args).items() if k not in ("json", "worker", "shares", "rounds", "seed")}
-        configs = [(share, trainer) for share in args.shares for trainer in TRAINERS]
-        runs, notes = defaultdict(list), set()
+        excluded = ("json", "worker", "shares", "rounds", "seed", "hpt_gammas")
+        base = {k: v for k, v in vars(args).items() if k not in excluded}
+        trainers = [(GRPO, None), *((hpt_label(gamma), gamma) for gamma in args.hpt_gammas)]
+        configs = [(share, trainer, gamma) for share in args.shares for trainer, gamma in trainers]
+        runs = defaultdict(list)
         progress = tqdm(total=args.rounds * len(configs), desc="runs", file=sys.stderr)
         for round_index in range(args.rounds):
-            for share, trainer in configs:
+            for share, trainer, gamma in configs:
                 progress.set_postfix_str(f"round {round_index + 1}: {trainer} at {share}% gated")
-                spec = {**base, "model": model, "trainer": trainer, "share": share, "seed": args.seed + round_index}
-                result = run_isolated(spec)
-                runs[share, trainer].append(result)
-                notes.update(result["notes"])
+                spec = {**base, "model": model, "trainer": trainer, "gamma": gamma, "share": share}
+                spec["seed"] = args.seed + round_index
+                runs[share, trainer].append(run_isolated(spec))
                 progress.update()
         progress.close()
-    results = {share: {trainer: summarize(runs[share, trainer]) for trainer in TRAINERS} for share in args.shares}
-    for note in sorted(notes):
-        print(f"note: {note}", file=sys.stderr)
-    print(markdown(results))
+    results = {share: {trainer: summarize(runs[share, trainer]) for trainer, _ in trainers} for share in args.shares}
+    print(markdown(results, args.hpt_gammas))
     if args.json:
         options = {k: v for k, v in vars(args).items() if k != "worker"}
         flat = [{"share": share, "trainer": trainer, **run} for (share, trainer), rs in runs.items() for run in rs]

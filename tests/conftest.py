@@ -13,6 +13,6 @@ SHARED_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "ben
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny Qwen2 model and byte-level chat tokenizer saved like a Hub checkpoint (no download)."""
-    from hpt_trl.tiny_model import save_tiny_model
+    from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")))

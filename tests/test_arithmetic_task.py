@@ -1,4 +1,4 @@
-"""Tests of the built-in arithmetic task (`hpt_trl.arithmetic_task`) and the cached base model (`hpt_trl.base_model`)."""
+"""Tests of the built-in arithmetic task (`hpt_trl.builtin_task.arithmetic_task`) and its cached base model."""
 
 import json
 import re
@@ -6,10 +6,11 @@ from collections import Counter
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
-from hpt_trl import base_model
 from hpt_trl.answer_extraction import extract_boxed_answer
-from hpt_trl.arithmetic_task import (
+from hpt_trl.builtin_task import base_model
+from hpt_trl.builtin_task.arithmetic_task import (
     EASY_DIFFICULTY,
     HARD_DIFFICULTY,
     EvalResult,
@@ -18,8 +19,8 @@ from hpt_trl.arithmetic_task import (
     is_held_out,
     make_arithmetic_datasets,
 )
-from hpt_trl.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
-from hpt_trl.tiny_model import build_char_tokenizer, build_tiny_qwen2
+from hpt_trl.builtin_task.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
+from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
 from hpt_trl.verification import verify_answer
 
 
@@ -129,6 +130,8 @@ class ScriptedModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.answers_correctly = answers_correctly
         self.calls = []
+        # What the evaluation backend reads the stop token from, as on a real model.
+        self.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
 
     @property
     def device(self):
@@ -152,7 +155,7 @@ class ScriptedModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("answers_correctly", [True, False])
-def test_evaluate_accuracy_grades_through_verify_answer(answers_correctly):
+def test_evaluate_accuracy_generates_and_grades_through_the_evaluation_package(answers_correctly):
     tokenizer = build_char_tokenizer()
     _, held_out = make_arithmetic_datasets(0, 10, {1: 0.5, 3: 0.5})
     model = ScriptedModel(tokenizer, answers_correctly)

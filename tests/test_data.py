@@ -181,7 +181,7 @@ def test_reward_registry_and_script_arguments():
 
 def test_loaded_dataset_trains_with_hpt_trainer(authors_parquet, tmp_path):
     from hpt_trl import HPTConfig, HPTTrainer
-    from hpt_trl.tiny_model import save_tiny_model
+    from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
     model_dir = save_tiny_model(tmp_path / "m")
     ds = load_hpt_dataset(str(authors_parquet), keep_system_prompt=False)

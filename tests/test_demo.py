@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from hpt_trl.demo import BUILTIN_DATASET  # noqa: E402
+from hpt_trl.builtin_task.demo import BUILTIN_DATASET  # noqa: E402
 
 
 def small(tmp_path, method="hpt", steps=4) -> list[str]:
@@ -121,7 +121,7 @@ def test_metrics_file_logs_each_step_once_after_a_resume(tmp_path):
     """Killed at step 15 after checkpoint-10: the resumed run trains 11-15 again and must not log them twice."""
     from transformers import TrainerControl, TrainerState
 
-    from hpt_trl.demo import MetricsFileCallback
+    from hpt_trl.run_callbacks import MetricsFileCallback
 
     path = tmp_path / "metrics.jsonl"
 
@@ -160,7 +160,7 @@ def test_training_dynamics_plot_is_monotone_in_steps(tmp_path, monkeypatch):
     """An old metrics file that holds steps 11-15 twice must not draw a line back from 15 to 11."""
     from matplotlib.axes import Axes
 
-    from hpt_trl.demo import plot_training_dynamics
+    from hpt_trl.builtin_task.demo import plot_training_dynamics
 
     steps = [*range(16), *range(11, 21)]
     path = tmp_path / "metrics.jsonl"
@@ -177,7 +177,7 @@ def test_training_dynamics_plot_is_monotone_in_steps(tmp_path, monkeypatch):
 def test_progress_bar_does_not_write_the_metrics_dict(capsys):
     from transformers import TrainerControl, TrainerState
 
-    from hpt_trl.demo import CompactPrinterCallback, CompactProgressCallback
+    from hpt_trl.run_callbacks import CompactPrinterCallback, CompactProgressCallback
 
     callback, state = CompactProgressCallback(), TrainerState(max_steps=2, is_world_process_zero=True)
     callback.on_train_begin(None, state, TrainerControl())
@@ -193,7 +193,7 @@ def test_progress_bar_does_not_write_the_metrics_dict(capsys):
 
 
 def test_base_model_pretraining_says_when_it_stops_early(tmp_path, capsys):
-    from hpt_trl.base_model import get_base_model
+    from hpt_trl.builtin_task.base_model import get_base_model
 
     settings = dict(num_steps=40, batch_size=4, warmup_steps=1, num_validation=4, max_operand=9)
     get_base_model(tmp_path, target_accuracy=0.0, eval_every=2, show_progress=True, **settings)

@@ -52,14 +52,14 @@ FIXTURE_COUNTS = {
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from hpt_trl.tiny_model import save_tiny_model
+    from hpt_trl.builtin_task.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
 def char_tokenizer():
-    from hpt_trl.tiny_model import build_char_tokenizer
+    from hpt_trl.builtin_task.tiny_model import build_char_tokenizer
 
     return build_char_tokenizer()
 
@@ -539,8 +539,8 @@ def _vllm_skip_reason() -> str | None:
 
 @pytest.mark.skipif(_vllm_skip_reason() is not None, reason=_vllm_skip_reason() or "")
 def test_vllm_backend_end_to_end(tmp_path):
+    from hpt_trl.builtin_task.tiny_model import save_tiny_model
     from hpt_trl.evaluation import VLLMBackend
-    from hpt_trl.tiny_model import save_tiny_model
 
     # Heads of 64 dimensions: vLLM's attention kernels do not take the default tiny model's 8.
     model = save_tiny_model(tmp_path / "model", hidden_size=256, intermediate_size=512)

@@ -217,7 +217,7 @@ def tiny_moe_dir(tmp_path_factory):
     """A tiny Qwen3-MoE (4 experts, 2 active) that returns its load-balancing loss, with the tiny tokenizer."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from hpt_trl.tiny_model import build_char_tokenizer
+    from hpt_trl.builtin_task.tiny_model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     config = Qwen3MoeConfig(
@@ -284,7 +284,7 @@ def tiny_reward_model_dir(tmp_path_factory):
     """A tiny sequence-classification reward model with the tiny tokenizer, loadable by name as TRL loads one."""
     from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
-    from hpt_trl.tiny_model import build_char_tokenizer
+    from hpt_trl.builtin_task.tiny_model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     config = Qwen2Config(

@@ -198,7 +198,7 @@ def test_accelerate_config(name, distributed_type, num_processes, zero_stage, of
 
 @pytest.mark.parametrize("path", TOY_RECIPES, ids=lambda p: p.name)
 def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
-    from hpt_trl.demo import BUILTIN_DATASET, BUILTIN_MODEL
+    from hpt_trl.builtin_task.demo import BUILTIN_DATASET, BUILTIN_MODEL
 
     toolkit_variants = _toolkit_variants()
     script_args, args, model_args = _parse(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from tokenizers import pre_tokenizers
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-from .rng import private_rng
+from ..rng import private_rng
 
 
 PAD_TOKEN = "<|endoftext|>"

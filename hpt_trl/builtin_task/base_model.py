@@ -23,14 +23,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..rng import private_rng
 from .arithmetic_task import (
     DEFAULT_MAX_OPERAND,
     EASY_DIFFICULTY,
     evaluate_accuracy,
     generate_problems,
     problems_to_dataset,
+    prompt_ids,
 )
-from .rng import private_rng
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -90,7 +91,7 @@ def base_model_settings(
         num_validation (`int`, *optional*, defaults to `128`):
             Validation problems (training split, never trained on in this run).
         model_kwargs (`dict` or `None`, *optional*, defaults to `None`):
-            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.tiny_model.build_tiny_qwen2`].
+            Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.builtin_task.tiny_model.build_tiny_qwen2`].
     """
     return {
         "cache_version": _CACHE_VERSION,
@@ -125,13 +126,10 @@ def _encode(tokenizer: PreTrainedTokenizerBase, problems) -> list[tuple[list[int
     """Token ids of prompt + demonstration + EOS, and where the completion starts."""
     encoded = []
     for problem in problems:
-        # Rendered then tokenized, exactly as `evaluate_accuracy` and the trainers build their prompts.
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False
-        )
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # The prompt ids `evaluate_accuracy` generates from, so the base is trained on exactly what it is asked.
+        prompt = prompt_ids(tokenizer, [{"role": "user", "content": problem.question}])
         completion_ids = tokenizer(problem.demonstration, add_special_tokens=False)["input_ids"]
-        encoded.append((prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+        encoded.append((prompt + completion_ids + [tokenizer.eos_token_id], len(prompt)))
     return encoded
 
 
@@ -225,9 +223,9 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **setti
     """
     Return the folder of the base model for these settings, pretraining it first unless it is already cached.
 
-    The base is [`~hpt_trl.tiny_model.build_tiny_qwen2`] trained with plain next-token SFT on batches of fresh
-    training-split problems of one difficulty (by default the easy level only), loss on the demonstration and EOS,
-    AdamW with linear warmup and cosine decay over `num_steps`. Training stops early, at the first check where greedy
+    The base is [`~hpt_trl.builtin_task.tiny_model.build_tiny_qwen2`] trained with plain next-token SFT on batches of
+    fresh training-split problems of one difficulty (by default the easy level only), loss on the demonstration and
+    EOS, AdamW with linear warmup and cosine decay over `num_steps`. Training stops early, at the first check where greedy
     accuracy on `num_validation` training-split problems reaches `target_accuracy`. When the model starts to get
     carries right varies a lot with the seed, so a fixed step count gave bases from 11% (seed 1, 600 steps) to 77%
     (seed 0, 900 steps) held-out easy accuracy, while the stop rule gives every seed the same profile: partial skill
