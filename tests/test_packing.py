@@ -2,8 +2,8 @@
 
 import torch
 
-from hpt_trl.packing import plan_forward, sequences_from_batch, split_scored
 from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
+from hpt_trl.packing import plan_forward, sequences_from_batch, split_scored
 
 
 def test_packed_and_padded_layouts_score_like_the_rectangle():
