@@ -9,6 +9,9 @@ from hpt_trl import HPTConfig
 
 
 NUM_GENERATIONS = 4
+# The authors' soft table (mix_trainer.py, soft_type 0), written out here independently of hpt_trl.gating.
+SOFT_RL = [0.0, 0.125, 0.25, 0.5, 1.0]
+SOFT_DEMO = [1.0, 0.5, 0.25, 0.125, 0.0]
 
 
 def demonstration_for(pid: int) -> str:

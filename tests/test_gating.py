@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 from hpt_testing import (
+    SOFT_DEMO,
+    SOFT_RL,
     correct_by_pid,
     make_config,
     make_dataset,
@@ -20,10 +22,6 @@ from hpt_trl.gating import (
     decide_gate,
     gate_coefficients,
 )
-
-
-SOFT_RL = [0.0, 0.125, 0.25, 0.5, 1.0]
-SOFT_DEMO = [1.0, 0.5, 0.25, 0.125, 0.0]
 
 
 def test_gate_coefficients_by_strategy():

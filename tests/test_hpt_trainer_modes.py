@@ -6,6 +6,8 @@ import pytest
 import torch
 from hpt_testing import (
     NUM_GENERATIONS,
+    SOFT_DEMO,
+    SOFT_RL,
     correct_by_pid,
     make_config,
     make_dataset,
@@ -15,12 +17,6 @@ from hpt_testing import (
 )
 
 from hpt_trl import HPTTrainer
-
-
-SOFT_RL = [0.0, 0.125, 0.25, 0.5, 1.0]
-
-
-SOFT_DEMO = [1.0, 0.5, 0.25, 0.125, 0.0]
 
 
 def _plain_logps(model, prompt, completion):
