@@ -3,7 +3,10 @@
 import inspect
 from collections.abc import Callable, Sequence
 
+from trl.import_utils import is_vllm_available
 from trl.trainer.utils import get_callable_name, get_config_model_id
+
+from .demonstrations import validate_demonstration_column
 
 
 # What TRL hands every reward function besides the dataset's columns (GRPOTrainer._calculate_rewards).
@@ -85,10 +88,6 @@ def check_dataset_columns(dataset, reward_funcs, prompt_column: str = "prompt") 
 
 def check_trainer_inputs(args, reward_funcs, train_dataset, rollout_func) -> int:
     """Every check `HPTTrainer` can make before loading the model; returns the gate reward's index."""
-    from trl.import_utils import is_vllm_available
-
-    from .demonstrations import validate_demonstration_column
-
     if args.use_vllm and not is_vllm_available():
         raise ImportError(
             "use_vllm=True but vLLM is not installed. Install it on a CUDA machine with "
