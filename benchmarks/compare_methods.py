@@ -1,14 +1,28 @@
 """
-HPT against the paper's baselines (SFT, GRPO, SFT->GRPO) on the built-in arithmetic task, over several seeds.
+HPT against the paper's baselines on the built-in arithmetic task: premise checks, equal tuning, then seeds.
 
-    OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --seeds 0 1 2 --output_dir outputs/compare
+    OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --seeds 0 1 2
 
-Every method trains through `train.py`'s `main()` from `recipes/toy_hpt.yaml`, with the same base model, data, seed
-and number of optimizer steps; only the gate and the demonstration's loss differ (SFT: gamma = n, GRPO: gamma = -1,
-SFT->GRPO: SFT for half the steps then GRPO; the toolkit's variants: see `VARIANTS`). Each trained model is then scored on the fixed held-out set: greedy accuracy (overall, easy, hard)
-and pass@k for k = 1, 4, 16 from 16 samples per problem at temperature 1 (unbiased estimator). Prints a markdown table
-(mean and standard deviation over seeds) and saves `accuracy_vs_step.png` and `results.json` in `output_dir`.
-Not part of CI: about 30-60 minutes on 2 CPU cores.
+1. **The premise.** Before any method is compared, the base model's greedy accuracy on the held-out easy and hard
+   problems is measured, and after the runs the SFT and GRPO rows are checked against what the paper's claim
+   presupposes: the base solves some easy problems and almost no hard ones (easy >= 0.3, hard <= 0.05); SFT alone
+   teaches the hard problems (hard +0.15 or more); RL alone improves what the base can sample (easy +0.05 or more)
+   and not the problems it cannot (hard below +0.05). The checks are printed with the measured figures, PASS or
+   FAIL, whatever they show.
+2. **Equal tuning.** Every method, HPT included, gets the same budget: the learning rates of `LEARNING_RATES`, each
+   trained with the tuning seed (the first of `--seeds`) and scored on the validation split (greedy accuracy over
+   easy and hard problems, a split disjoint from both the training and the held-out problems). The setting with
+   the best validation accuracy is the method's; the table prints it.
+3. **The comparison.** The chosen setting of every method is trained with every seed and scored on the held-out
+   split: greedy accuracy (easy and hard) and pass@k for k = 1, 4, 16 from 16 samples per problem at temperature 1,
+   as mean and standard deviation over seeds; with the training dynamics of the paper's figure (the share of
+   prompts sent to SFT, policy entropy and response length, first and last tenth of training), and
+   `accuracy_vs_step.png` (validation accuracy during training, mean over seeds).
+
+Every run is `train.py`'s `main()` on `recipes/toy_hpt.yaml` with `--method` and the variant's settings: same task,
+base model, data, seed and optimizer steps; only the gate, the demonstration's loss and the learning rate differ.
+Results are written to `--results` after every run, and a rerun skips the runs already there, so a stopped
+comparison resumes. Not part of CI: each run is a few minutes on 2 CPU cores (see the README for the measured time).
 """
 
 import argparse
@@ -26,11 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from hpt_trl.builtin_task.arithmetic_task import evaluate_accuracy  # noqa: E402
+from hpt_trl.builtin_task.arithmetic_task import (  # noqa: E402
+    EASY_DIFFICULTY,
+    HARD_DIFFICULTY,
+    HELD_OUT_SPLIT,
+    VALIDATION_SPLIT,
+    evaluate_accuracy,
+    generate_problems,
+    problems_to_dataset,
+)
 from hpt_trl.data import METHODS  # noqa: E402
 
 
 PASS_AT = (1, 4, 16)
+# The tuning budget of every method: one run per learning rate, chosen on the validation split.
+LEARNING_RATES = ("1e-4", "3e-4", "1e-3")
 # The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
 TOOLKIT_VARIANTS = {
     "hpt_soft": {"gate_strategy": "soft"},
@@ -46,103 +70,240 @@ VARIANTS = {
         for name, settings in TOOLKIT_VARIANTS.items()
     },
 }
+# What the paper's claim presupposes, as (row, level, comparison, threshold): the base row's accuracy, or a method's
+# lift over the base (mean over seeds, held-out greedy).
+PREMISE = (
+    ("base", "easy", ">=", 0.30),
+    ("base", "hard", "<=", 0.05),
+    ("sft", "hard", "lift >=", 0.15),
+    ("grpo", "easy", "lift >=", 0.05),
+    ("grpo", "hard", "lift <", 0.05),
+)
+LEVELS = {"easy": EASY_DIFFICULTY, "hard": HARD_DIFFICULTY}
 
 
-def run(variant: str, seed: int, output_dir: Path, extra: list[str]) -> dict:
-    method, settings = VARIANTS[variant]
-    parser = train_script.make_parser()
-    script_args, training_args, model_args, task_args = parser.parse_args_and_config(
-        args=["--config", str(ROOT / "recipes" / "toy_hpt.yaml"), "--method", method, "--seed", str(seed)]
-        + ["--output_dir", str(output_dir), "--plot", "false", "--disable_tqdm", "true", *settings, *extra]
-    )
-    start = time.perf_counter()
-    train_script.main(script_args, training_args, model_args, task_args)
-    train_seconds = time.perf_counter() - start
-
-    _, eval_dataset = task_args.datasets(seed=seed)
-    model = AutoModelForCausalLM.from_pretrained(training_args.output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(training_args.output_dir)
-    greedy = evaluate_accuracy(model, tokenizer, eval_dataset)
-    sampled = evaluate_accuracy(model, tokenizer, eval_dataset, num_samples=max(PASS_AT), do_sample=True, seed=seed)
-    by_level = greedy.accuracy_by(list(eval_dataset["difficulty"]))
-    # From the metrics file rather than the trainer: a run that had finished already returns no trainer.
-    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(record["step"], record["heldout/accuracy"]) for record in records if "heldout/accuracy" in record]
-    ratios = [record["hpt/sft_prompt_ratio"] for record in records if "hpt/sft_prompt_ratio" in record]
+def evaluation_sets(split: str, num_per_level: int) -> dict[str, object]:
+    """The fixed evaluation problems of a split, per level (the same for every method, seed and setting)."""
     return {
-        "method": variant,
-        "seed": seed,
-        "greedy": greedy.accuracy,
-        "greedy_easy": by_level.get(1),
-        "greedy_hard": by_level.get(2),
-        **{f"pass@{k}": sampled.pass_at_k(k) for k in PASS_AT},
-        "train_seconds": train_seconds,
-        "curve": curve,
-        "mean_sft_prompt_ratio": statistics.mean(ratios) if ratios else None,
+        name: problems_to_dataset(generate_problems(num_per_level, level, split=split))
+        for name, level in LEVELS.items()
     }
 
 
-def summarize(results: list[dict]) -> str:
-    columns = ["greedy", "greedy_easy", "greedy_hard", *[f"pass@{k}" for k in PASS_AT], "train_seconds"]
-    lines = [
-        "| method | " + " | ".join(columns) + " |",
-        "| --- | " + " | ".join("---" for _ in columns) + " |",
-    ]
-    for method in dict.fromkeys(r["method"] for r in results):
-        rows = [r for r in results if r["method"] == method]
-        cells = []
-        for column in columns:
-            values = [r[column] for r in rows if r[column] is not None]
-            mean = statistics.mean(values)
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{mean:.1f} ± {spread:.1f}" if column == "train_seconds" else f"{mean:.3f} ± {spread:.3f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+def score(model_dir: str | Path, split: str, num_per_level: int, seed: int, num_sampled: int = 0) -> dict[str, float]:
+    """
+    Greedy accuracy per level (and their mean) of a saved model on `num_per_level` problems per level, and with
+    `num_sampled` pass@k on the first `num_sampled` of them (16 samples each at temperature 1).
+    """
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    scores, sampled = {}, []
+    for name, dataset in evaluation_sets(split, num_per_level).items():
+        scores[name] = evaluate_accuracy(model, tokenizer, dataset).accuracy
+        if num_sampled:
+            subset = dataset.select(range(min(num_sampled, len(dataset))))
+            sampled.append(
+                evaluate_accuracy(model, tokenizer, subset, num_samples=max(PASS_AT), do_sample=True, seed=seed)
+            )
+    scores["greedy"] = statistics.mean(scores[name] for name in LEVELS)
+    for k in PASS_AT if sampled else ():
+        scores[f"pass@{k}"] = statistics.mean(result.pass_at_k(k) for result in sampled)
+    return scores
+
+
+def dynamics(metrics_path: Path) -> dict:
+    """The paper's training-dynamics figures from a run's metrics file: first and last tenth of the steps."""
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    summary = {}
+    for key, name in (
+        ("hpt/sft_prompt_ratio", "sft_ratio"),
+        ("entropy", "entropy"),
+        ("completions/mean_length", "length"),
+    ):
+        values = [record[key] for record in sorted(records, key=lambda r: r["step"]) if key in record]
+        tenth = max(1, len(values) // 10)
+        summary[name] = (statistics.mean(values[:tenth]), statistics.mean(values[-tenth:])) if values else None
+    summary["curve"] = [(r["step"], r["heldout/accuracy"]) for r in records if "heldout/accuracy" in r]
+    return summary
+
+
+def train_run(variant: str, seed: int, learning_rate: str, output_dir: Path, extra: list[str]) -> float:
+    """Train one run through train.py's main(); returns its wall-clock seconds (0 when it had finished already)."""
+    method, settings = VARIANTS[variant]
+    parser = train_script.make_parser()
+    arguments = parser.parse_args_and_config(
+        args=["--config", str(ROOT / "recipes" / "toy_hpt.yaml"), "--method", method, "--seed", str(seed)]
+        + ["--learning_rate", learning_rate, "--output_dir", str(output_dir), "--plot", "false"]
+        # The curve during training is measured on the validation split: the held-out split is scored once, at the
+        # end, by `score`.
+        + ["--task_eval_split", VALIDATION_SPLIT, "--disable_tqdm", "true", *settings, *extra]
+    )
+    start = time.perf_counter()
+    train_script.main(*arguments)
+    return time.perf_counter() - start
+
+
+def run(variant: str, seed: int, learning_rate: str, output_dir: Path, extra: list[str], args) -> dict:
+    seconds = train_run(variant, seed, learning_rate, output_dir, extra)
+    return {
+        "method": variant,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "train_seconds": seconds,
+        "validation": score(output_dir, VALIDATION_SPLIT, args.num_eval, seed),
+        "held_out": score(output_dir, HELD_OUT_SPLIT, args.num_eval, seed, args.num_sampled),
+        **dynamics(output_dir / "metrics.jsonl"),
+    }
+
+
+def chosen_setting(results: list[dict], method: str, tuning_seed: int) -> str | None:
+    """The learning rate with the best validation accuracy at the tuning seed (None until all were run)."""
+    tried = {
+        r["learning_rate"]: r["validation"]["greedy"]
+        for r in results
+        if (r["method"], r["seed"]) == (method, tuning_seed)
+    }
+    if set(tried) != set(LEARNING_RATES):
+        return None
+    return max(LEARNING_RATES, key=lambda rate: (tried[rate], -LEARNING_RATES.index(rate)))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def premise_checks(base: dict, final: dict[str, list[dict]]) -> list[tuple[str, float, bool]]:
+    """Each premise as (description, measured value, holds), from the base scores and the chosen runs per method."""
+    checks = []
+    for row, level, comparison, threshold in PREMISE:
+        if row == "base":
+            value = base[level]
+        elif final.get(row):
+            value = statistics.mean(r["held_out"][level] for r in final[row]) - base[level]
+        else:
+            continue
+        holds = {">=": value >= threshold, "<=": value <= threshold, "lift >=": value >= threshold}.get(
+            comparison, value < threshold
+        )
+        checks.append((f"{row} {level} {comparison} {threshold}", value, holds))
+    return checks
+
+
+def format_premise(checks) -> str:
+    lines = [f"  {'PASS' if holds else 'FAIL'}  {name:<22} measured {value:+.3f}" for name, value, holds in checks]
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def summarize(base: dict, final: dict[str, list[dict]], chosen: dict[str, str]) -> str:
+    columns = ["greedy", "easy", "hard", *[f"pass@{k}" for k in PASS_AT]]
+    lines = [
+        "| method | learning rate | " + " | ".join(columns) + " | SFT share first -> last | entropy | length |",
+        "| --- | --- | " + " | ".join("---" for _ in columns) + " | --- | --- | --- |",
+        "| base | - | " + " | ".join(f"{base[c]:.3f}" if c in base else "-" for c in columns) + " | - | - | - |",
+    ]
+    for method, rows in final.items():
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in (mean_std([r["held_out"][c] for r in rows]) for c in columns)]
+        trends = []
+        for key in ("sft_ratio", "entropy", "length"):
+            pairs = [r[key] for r in rows if r[key] is not None]
+            if pairs:
+                trends.append(
+                    f"{statistics.mean(p[0] for p in pairs):.2f} -> {statistics.mean(p[1] for p in pairs):.2f}"
+                )
+            else:
+                trends.append("-")
+        lines.append(f"| {method} | {chosen[method]} | " + " | ".join(cells + trends) + " |")
+    return "\n".join(lines)
+
+
+def plot(final: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in results):
-        curves = [r["curve"] for r in results if r["method"] == method]
-        steps = [step for step, _ in curves[0]]
-        means = [statistics.mean(curve[i][1] for curve in curves) for i in range(len(steps))]
+    for method, rows in final.items():
+        steps = [step for step, _ in rows[0]["curve"]]
+        means = [statistics.mean(row["curve"][i][1] for row in rows) for i in range(len(steps))]
         axis.plot(steps, means, marker="o", markersize=3, label=method)
     axis.set_xlabel("optimizer step")
-    axis.set_ylabel("held-out greedy accuracy (mean over seeds)")
+    axis.set_ylabel("validation greedy accuracy (mean over seeds)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--output_dir", default="outputs/compare")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the first one is the tuning seed")
+    parser.add_argument("--num_eval", type=int, default=400, help="validation and held-out problems per level")
+    parser.add_argument("--num_sampled", type=int, default=100, help="of them, problems per level for pass@k")
+    parser.add_argument("--output_dir", default="outputs/compare", help="the runs' folders")
+    parser.add_argument("--results", default=None, help="results file (default: OUTPUT_DIR/results.json)")
     parser.add_argument("extra", nargs="*", help="further train.py overrides, after --, e.g. -- --max_steps 100")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     output_dir = Path(args.output_dir)
-    results_path = output_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else []  # resume a stopped comparison
-    for seed in args.seeds:
+    results_path = Path(args.results) if args.results else output_dir / "results.json"
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if saved.get("extra", args.extra) != args.extra:
+        raise ValueError(
+            f"{results_path} holds runs made with the overrides {saved['extra']}, not {args.extra}: pass the same "
+            "overrides to resume, or another --results for a new comparison."
+        )
+    results = saved.get("runs", [])
+    tuning_seed = args.seeds[0]
+
+    def save():
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps({"extra": args.extra, "base": base, "runs": results}, indent=1))
+
+    def ensure(method: str, seed: int, rate: str) -> None:
+        if any((r["method"], r["seed"], r["learning_rate"]) == (method, seed, rate) for r in results):
+            return
+        print(f"== {method}, seed {seed}, learning rate {rate}", file=sys.stderr, flush=True)
+        folder = output_dir / f"{method}-lr{rate}-seed{seed}"
+        results.append(run(method, seed, rate, folder, args.extra, args))
+        save()
+
+    # The base, scored first: the premise is checked before any method is trained on it.
+    base = saved.get("base")
+    if base is None:
+        base_arguments = train_script.make_parser().parse_args_and_config(
+            args=["--config", str(ROOT / "recipes" / "toy_hpt.yaml"), *args.extra]
+        )
+        base = score(base_arguments[3].base_model(), HELD_OUT_SPLIT, args.num_eval, tuning_seed, args.num_sampled)
+        save()
+    print("Premise, the base model (held-out greedy):")
+    print(format_premise(premise_checks(base, {})), flush=True)
+
+    chosen = {}
+    for method in args.methods:
+        for rate in LEARNING_RATES:
+            ensure(method, tuning_seed, rate)
+        chosen[method] = chosen_setting(results, method, tuning_seed)
+        print(f"{method}: learning rate {chosen[method]} chosen on the validation split", file=sys.stderr)
+    for seed in args.seeds[1:]:
         for method in args.methods:
-            if any(r["method"] == method and r["seed"] == seed for r in results):
-                continue
-            print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
-            results.append(run(method, seed, output_dir / f"{method}-seed{seed}", args.extra))
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(results, indent=1))
-    results = [r for r in results if r["method"] in args.methods and r["seed"] in args.seeds]
-    plot(results, output_dir / "accuracy_vs_step.png")
+            ensure(method, seed, chosen[method])
+    final = {
+        method: [
+            r
+            for r in results
+            if r["method"] == method and r["learning_rate"] == chosen[method] and r["seed"] in args.seeds
+        ]
+        for method in args.methods
+    }
+    plot(final, output_dir / "accuracy_vs_step.png")
+    checks = premise_checks(base, final)
+    print(f"\nPremise checks (held-out greedy, mean over {len(args.seeds)} seeds):")
+    print(format_premise(checks))
     print(f"\nHeld-out accuracy on the built-in task, {len(args.seeds)} seeds (mean ± std):\n")
-    print(summarize(results))
+    print(summarize(base, final, chosen))
+    return {"base": base, "final": final, "chosen": chosen, "premise": checks}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Tests of the built-in arithmetic task (`hpt_trl.builtin_task.arithmetic_task`) and its cached base model."""
 
 import json
+import random
 import re
 from collections import Counter
 
@@ -18,6 +19,8 @@ from hpt_trl.builtin_task.arithmetic_task import (
     generate_problems,
     is_held_out,
     make_arithmetic_datasets,
+    render_question,
+    split_of,
 )
 from hpt_trl.builtin_task.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
 from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
@@ -29,7 +32,7 @@ TINY_BASE = {"num_steps": 2, "batch_size": 4, "warmup_steps": 1, "model_kwargs":
 
 
 def expression_of(prompt) -> str:
-    return re.fullmatch(r"Compute (\S+)\.", prompt[0]["content"]).group(1)
+    return re.fullmatch(r"([0-9+-]+)=[a-z]*", prompt[0]["content"]).group(1)
 
 
 def true_value(expression: str) -> int:
@@ -56,20 +59,47 @@ def test_seed_changes_train_but_not_held_out_set():
 
 
 @pytest.mark.parametrize("difficulty", [EASY_DIFFICULTY, HARD_DIFFICULTY, {1: 0.3, 2: 0.4, 3: 0.3}])
-def test_held_out_split_is_disjoint_from_training_problems(difficulty):
+def test_the_three_splits_are_disjoint(difficulty):
     train, held_out = make_arithmetic_datasets(3000, 300, difficulty, seed=0)
+    _, validation = make_arithmetic_datasets(0, 300, difficulty, eval_split="validation")
     train_expressions = {expression_of(prompt) for prompt in train["prompt"]}
-    held_out_expressions = [expression_of(prompt) for prompt in held_out["prompt"]]
-    assert len(set(held_out_expressions)) == len(held_out_expressions) == 300
-    assert train_expressions.isdisjoint(held_out_expressions)
-    assert all(is_held_out(e) for e in held_out_expressions)
-    assert not any(is_held_out(e) for e in train_expressions)
+    for evaluation, split in ((held_out, "held_out"), (validation, "validation")):
+        expressions = [expression_of(prompt) for prompt in evaluation["prompt"]]
+        assert len(set(expressions)) == len(expressions) == 300
+        assert train_expressions.isdisjoint(expressions)
+        assert {split_of(e) for e in expressions} == {split}
+    assert {expression_of(p) for p in held_out["prompt"]}.isdisjoint(expression_of(p) for p in validation["prompt"])
+    assert all(is_held_out(e) for e in map(expression_of, held_out["prompt"]))
+    assert {split_of(e) for e in train_expressions} == {"train"}
+    with pytest.raises(ValueError, match="eval_split"):
+        make_arithmetic_datasets(10, 10, eval_split="train")
 
 
 def test_held_out_set_too_large_for_the_level_raises():
-    # One-digit operands give only 81 + 45 distinct one-step problems, a fifth of them held out.
-    with pytest.raises(ValueError, match="distinct held-out problems"):
-        generate_problems(200, EASY_DIFFICULTY, held_out=True, max_operand=9)
+    # One-digit values give about a hundred distinct one-step problems, a fifth of them held out.
+    with pytest.raises(ValueError, match="distinct held_out problems"):
+        generate_problems(200, EASY_DIFFICULTY, split="held_out", max_value=9, max_step=9)
+
+
+def test_a_problem_is_always_asked_the_same_way_and_pretraining_varies_the_filler():
+    first, second = make_arithmetic_datasets(0, 50, EASY_DIFFICULTY)[1], make_arithmetic_datasets(0, 50, 1)[1]
+    assert first["prompt"] == second["prompt"]
+    fillers = [prompt[0]["content"].split("=")[1] for prompt in first["prompt"]]
+    assert len(set(map(len, fillers))) > 10 and max(map(len, fillers)) <= 24
+    rng = random.Random(0)
+    assert len({render_question("37+8", rng) for _ in range(20)}) > 10
+    assert render_question("37+8") == render_question("37+8")
+
+
+@pytest.mark.parametrize("difficulty", [2, 3])
+def test_every_line_of_a_long_demonstration_is_an_easy_problem_of_the_pretrained_range(difficulty):
+    # The premise of the task: a hard problem needs no skill the easy problems do not teach, only the format.
+    for problem in generate_problems(300, difficulty, seed=0):
+        *lines, _ = problem.demonstration.split("\n")
+        for index, line in enumerate(lines):
+            first, op, second, result = re.fullmatch(r"(\d+)([+-])(\d+)=(\d+)", line).groups()
+            assert 0 <= int(first) <= 59 and 1 <= int(second) <= 19
+            assert 0 <= int(result) <= (59 if index < len(lines) - 1 else 78)
 
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4])
@@ -144,7 +174,7 @@ class ScriptedModel(torch.nn.Module):
         assert (attention_mask.cummax(dim=1).values == attention_mask).all()
         completions = []
         for text in self.tokenizer.batch_decode(input_ids, skip_special_tokens=False):
-            value = true_value(re.search(r"Compute (\S+)\.", text).group(1))
+            value = true_value(re.search(r"user\n([0-9+-]+)=", text).group(1))
             answer = value if self.answers_correctly else value + 1
             completion = f"reasoning\n\\boxed{{{answer}}}"
             ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
@@ -194,15 +224,31 @@ def test_evaluate_accuracy_runs_a_real_model():
         evaluate_accuracy(model, tokenizer, held_out, num_samples=2)
 
 
-def test_pretraining_masks_the_prompt():
+def test_pretraining_masks_the_prompt_and_shows_line_completions_but_no_hard_question():
     tokenizer = build_char_tokenizer()
-    problems = generate_problems(3, EASY_DIFFICULTY)
-    batch = base_model._collate(base_model._encode(tokenizer, problems), tokenizer.pad_token_id)
-    for row, problem in enumerate(problems):
+    settings = base_model_settings(line_completion_fraction=0.5)
+    examples = base_model.pretraining_examples(settings, 40)
+    batch = base_model._collate(
+        [base_model._encode(tokenizer, *example) for example in examples], tokenizer.pad_token_id
+    )
+    completions = 0
+    for row, (question, prefix, target) in enumerate(examples):
         labels = batch["labels"][row]
-        target = tokenizer.decode(labels[labels != -100])
-        assert target == problem.demonstration + tokenizer.eos_token
-        assert batch["attention_mask"][row].sum() == (batch["input_ids"][row] != tokenizer.pad_token_id).sum()
+        assert tokenizer.decode(labels[labels != -100]) == target + tokenizer.eos_token
+        text = tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
+        assert text.endswith(prefix + target + tokenizer.eos_token)
+        expression = expression_of([{"content": question}])
+        assert len(re.findall(r"[+-]", expression)) == 1 and split_of(expression) == "train"
+        if prefix:  # a line completion: the first line answered, the second line's value is the target
+            completions += 1
+            first_line, second_start = prefix.split("\n")
+            assert first_line == f"{expression}={true_value(expression)}"
+            value = true_value(second_start.rstrip("="))
+            assert target == f"{value}\n\\boxed{{{value}}}"
+        else:  # an easy problem in full
+            value = true_value(expression)
+            assert target == f"{expression}={value}\n\\boxed{{{value}}}"
+    assert 10 < completions < 30
 
 
 def test_get_base_model_caches(tmp_path, monkeypatch):
@@ -249,9 +295,11 @@ def test_cache_key_covers_every_setting(tmp_path):
     assert base_model_path(tmp_path, seed=0, num_steps=base_model_settings()["num_steps"]) == default
     variants = [
         {"seed": 1},
-        {"difficulty": 2},
-        {"max_operand": 50},
+        {"max_value": 50},
+        {"max_step": 9},
+        {"line_completion_fraction": 0.0},
         {"num_steps": 10},
+        {"schedule_steps": 2000},
         {"batch_size": 8},
         {"learning_rate": 1e-3},
         {"warmup_steps": 0},

@@ -57,8 +57,8 @@ def test_no_arguments_means_the_demo_recipe():
 @pytest.mark.parametrize(
     ("argv", "recipe", "method", "max_steps"),
     [
-        (["--method", "grpo"], "toy_grpo.yaml", "grpo", 200),
-        (["--method=sft_then_grpo"], "toy_sft_then_grpo.yaml", "sft_then_grpo", 200),
+        (["--method", "grpo"], "toy_grpo.yaml", "grpo", 300),
+        (["--method=sft_then_grpo"], "toy_sft_then_grpo.yaml", "sft_then_grpo", 300),
         (["--max_steps", "30"], "toy_hpt.yaml", "hpt", 30),
     ],
 )
@@ -195,7 +195,7 @@ def test_progress_bar_does_not_write_the_metrics_dict(capsys):
 def test_base_model_pretraining_says_when_it_stops_early(tmp_path, capsys):
     from hpt_trl.builtin_task.base_model import get_base_model
 
-    settings = dict(num_steps=40, batch_size=4, warmup_steps=1, num_validation=4, max_operand=9)
+    settings = dict(num_steps=40, batch_size=4, warmup_steps=1, num_validation=4, max_value=9, max_step=5)
     get_base_model(tmp_path, target_accuracy=0.0, eval_every=2, show_progress=True, **settings)
     captured = capsys.readouterr()
     assert "pretraining stopped early, as intended, at step 2 of 40" in captured.out + captured.err

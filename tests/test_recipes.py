@@ -27,14 +27,19 @@ NUM_PAPER_GPUS = 8
 
 
 @functools.cache
-def _toolkit_variants() -> dict:
-    """benchmarks/compare_methods.py's TOOLKIT_VARIANTS: the toolkit's methods as HPTConfig settings."""
+def _compare_methods():
+    """benchmarks/compare_methods.py, loaded as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.TOOLKIT_VARIANTS
+    return module
+
+
+def _toolkit_variants() -> dict:
+    """benchmarks/compare_methods.py's TOOLKIT_VARIANTS: the toolkit's methods as HPTConfig settings."""
+    return _compare_methods().TOOLKIT_VARIANTS
 
 
 def _parse(path: Path):
@@ -209,9 +214,12 @@ def test_toy_recipes_are_the_cpu_demo_with_one_method_each(path):
     assert script_args.dataset_name == BUILTIN_DATASET and model_args.model_name_or_path == BUILTIN_MODEL
     assert args.use_cpu and not args.bf16 and not args.use_vllm
     reference = _parse(TOY_RECIPES[0])[1]
-    # The methods differ in the gate only: same budget, data, optimisation.
-    for field in ("max_steps", "learning_rate", "per_device_train_batch_size", "num_generations", "seed"):
+    # The methods differ in the gate and in the learning rate each chose on the validation split from the same
+    # budget (benchmarks/compare_methods.py): same steps, data, schedule, batch.
+    for field in ("max_steps", "per_device_train_batch_size", "num_generations", "seed", "warmup_steps"):
         assert getattr(args, field) == getattr(reference, field), field
+    assert args.lr_scheduler_type == reference.lr_scheduler_type
+    assert args.learning_rate in {float(rate) for rate in _compare_methods().LEARNING_RATES}
 
 
 def test_every_demo_method_has_a_toy_recipe():

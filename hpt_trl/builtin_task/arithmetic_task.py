@@ -1,35 +1,41 @@
-"""A built-in reasoning task with verifiable answers: multi-step integer arithmetic with worked demonstrations.
+"""A built-in reasoning task with verifiable answers: chained additions and subtractions with worked demonstrations.
 
 HPT needs prompts with a checkable answer (for the RL reward and for counting correct rollouts) and an expert
 demonstration per prompt (for the SFT branch). This module generates both offline, deterministically for a seed:
 
-    prompt:         "Compute 37+48-19."
-    demonstration:  "37+48=85\\n85-19=66\\n\\boxed{66}"
-    solution:       "66"
+    prompt:         "37+8-19=kqzv"
+    demonstration:  "37+8=45\n45-19=26\n\boxed{26}"
+    solution:       "26"
 
-Each line of a demonstration is one operation, evaluated left to right, and the answer is in the last `\\boxed{}`,
-which is where the project's math-verify reward looks for it.
+The question is the expression, `=`, then a filler of 0 to 24 lowercase letters. The filler moves the operands to
+a different distance from the end of the prompt in every problem, so a model cannot solve the task by reading
+digits at fixed positions: it has to find the operands by what they are, which is the skill a longer expression
+needs too. A problem's filler is fixed by a hash of its expression (so a problem is always asked the same way);
+the base model's pretraining draws a fresh filler per example.
 
-Difficulty is the number of operations, one line of reasoning each. Every level draws its operands from the same
-range, so a harder problem is a chain of steps of exactly the easy kind: a model that can add and subtract two
-numbers has the skill a hard problem needs but not the multi-step format, which is the paper's motivating case of a
-base model that solves some easy problems and none of the hard ones.
+Each line of a demonstration is one operation, evaluated left to right, and the answer is in the last `\boxed{}`,
+which is where the project's math-verify reward looks for it. Difficulty is the number of operations:
 
-    difficulty 1 (easy):  `a±b`,      1 step,  e.g. "Compute 37+48."    -> "37+48=85\\n\\boxed{85}"
-    difficulty 2 (hard):  `a±b±c`,    2 steps, e.g. "Compute 37+48-19." -> "37+48=85\\n85-19=66\\n\\boxed{66}"
-    difficulty k:         k operations, k steps
+    difficulty 1 (easy):  `a±b`,    1 line,  e.g. "37+8=..."     -> "37+8=45\n\boxed{45}"
+    difficulty 2 (hard):  `a±b±c`,  2 lines, e.g. "37+8-19=..."  -> "37+8=45\n45-19=26\n\boxed{26}"
 
-Operands are integers in `[1, max_operand]` (never 0, so every step changes the value and a reasoning chain that
-stops one step short is always wrong) and every intermediate result is non-negative, so no number has a sign.
+The first operand and every intermediate result lie in `[0, max_value]`, every later operand in `[1, max_step]`,
+and no result is negative. So each line of a hard demonstration is an easy problem of exactly the pretrained kind
+(same operand ranges): what a hard problem adds is only the format, a second line that carries the first line's
+result on. That is the paper's premise in miniature: the base model has every skill a hard problem needs but never
+samples the two-line solution, so RL on hard prompts has no correct rollout to learn from, while a demonstration
+shows the missing behaviour.
 
-The held-out split is fixed by the problem itself: a problem is held out if and only if a hash of its expression
-falls in a fixed bucket. Training problems are only ever drawn outside that bucket, so no training set (of any seed,
-size or difficulty, including the base model's pretraining data) shares a problem with any held-out set.
+Every problem belongs to one split, fixed by a hash of its expression: one in five is held out (reported), one in
+five is the validation split (for choosing settings), the rest are training problems. No training set (of any seed,
+size or difficulty, including the base model's pretraining data) shares a problem with the validation or held-out
+sets.
 """
 
 import hashlib
 import math
 import random
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,17 +50,22 @@ from ..evaluation.metrics import pass_at_k
 
 EASY_DIFFICULTY = 1
 HARD_DIFFICULTY = 2
-DEFAULT_MAX_OPERAND = 99
+DEFAULT_MAX_VALUE = 59
+DEFAULT_MAX_STEP = 19
+MAX_FILLER_LETTERS = 24
 
-# One in `_HELD_OUT_MODULUS` problems is held out. With two-digit operands the easy level alone has ~15k distinct
-# problems, so the held-out pool (~3k) is large enough for any evaluation set the demo needs.
-_HELD_OUT_MODULUS = 5
+TRAIN_SPLIT, VALIDATION_SPLIT, HELD_OUT_SPLIT = "train", "validation", "held_out"
+SPLITS = (TRAIN_SPLIT, VALIDATION_SPLIT, HELD_OUT_SPLIT)
+# A problem's hash bucket modulo 5: bucket 0 is held out, bucket 1 is validation, buckets 2-4 are training. The
+# easy level has ~2,000 distinct problems with the default ranges, so each of the two small splits holds ~400.
+_SPLIT_MODULUS = 5
+_SPLIT_OF_BUCKET = {0: HELD_OUT_SPLIT, 1: VALIDATION_SPLIT}
 
-# The held-out set is drawn with this seed unless the caller picks another, so runs with different training seeds
-# are evaluated on the same problems.
+# The held-out and validation sets are drawn with this seed unless the caller picks another, so runs with different
+# training seeds are evaluated on the same problems.
 DEFAULT_EVAL_SEED = 1234
 
-# Rejection sampling gives up after this many draws per requested problem, so asking for more distinct held-out
+# Rejection sampling gives up after this many draws per requested problem, so asking for more distinct evaluation
 # problems than exist fails loudly instead of looping forever.
 _MAX_DRAWS_PER_PROBLEM = 1000
 
@@ -66,9 +77,9 @@ class ArithmeticProblem:
 
     Args:
         expression (`str`):
-            The expression without spaces, e.g. `"37+48-19"`.
+            The expression without spaces, e.g. `"37+8-19"`.
         question (`str`):
-            The user prompt, e.g. `"Compute 37+48-19."`.
+            The user prompt: the expression, `=` and the problem's filler, e.g. `"37+8-19=kqzv"`.
         demonstration (`str`):
             The worked solution: one line per operation, then the boxed answer.
         answer (`int`):
@@ -84,52 +95,75 @@ class ArithmeticProblem:
     difficulty: int
 
 
+def _digest(text: str) -> int:
+    """A stable hash (not Python's salted `hash`), so splits and fillers are the same on every machine."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def split_of(expression: str) -> str:
+    """The split (`"train"`, `"validation"` or `"held_out"`) that `expression` belongs to."""
+    return _SPLIT_OF_BUCKET.get(_digest(expression) % _SPLIT_MODULUS, TRAIN_SPLIT)
+
+
 def is_held_out(expression: str) -> bool:
-    """Whether `expression` belongs to the fixed held-out split (a stable hash, not Python's salted `hash`)."""
-    digest = hashlib.sha256(expression.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % _HELD_OUT_MODULUS == 0
+    """Whether `expression` belongs to the fixed held-out split."""
+    return split_of(expression) == HELD_OUT_SPLIT
+
+
+def render_question(expression: str, rng: random.Random | None = None) -> str:
+    """
+    The question of `expression`: the expression, `=`, then 0 to `MAX_FILLER_LETTERS` lowercase letters, drawn from
+    `rng`, or, without one, fixed by a hash of the expression.
+    """
+    rng = rng or random.Random(f"filler-{_digest(expression)}")
+    filler = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(0, MAX_FILLER_LETTERS)))
+    return f"{expression}={filler}"
 
 
 def sample_problem(
-    rng: random.Random, difficulty: int = EASY_DIFFICULTY, max_operand: int = DEFAULT_MAX_OPERAND
+    rng: random.Random,
+    difficulty: int = EASY_DIFFICULTY,
+    max_value: int = DEFAULT_MAX_VALUE,
+    max_step: int = DEFAULT_MAX_STEP,
 ) -> ArithmeticProblem:
     """
-    Draw one problem with `difficulty` operations (`+` or `-`, each with probability 1/2) on operands in
-    `[1, max_operand]`, keeping every intermediate result non-negative.
+    Draw one problem with `difficulty` operations (`+` or `-`, each with probability 1/2 where both are possible):
+    the first operand uniform in `[0, max_value]`, each later operand uniform in `[1, max_step]`, redrawn until every
+    intermediate result lies in `[0, max_value]` and the final one is not negative.
 
     Args:
         rng (`random.Random`):
             Source of randomness; the problem is a deterministic function of its state.
         difficulty (`int`, *optional*, defaults to `1`):
             Number of operations, i.e. reasoning steps.
-        max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand.
+        max_value (`int`, *optional*, defaults to `59`):
+            Largest first operand and intermediate result.
+        max_step (`int`, *optional*, defaults to `19`):
+            Largest later operand.
     """
     if difficulty < 1:
         raise ValueError(f"difficulty must be a positive number of operations, got {difficulty}")
-    if max_operand < 1:
-        raise ValueError(f"max_operand must be at least 1, got {max_operand}")
-    value = rng.randint(1, max_operand)
+    if max_value < 1 or max_step < 1:
+        raise ValueError(f"max_value and max_step must be at least 1, got {max_value} and {max_step}")
+    value = rng.randint(0, max_value)
     expression = str(value)
     steps = []
-    for _ in range(difficulty):
-        # Drawing the subtrahend from [1, value] keeps the result non-negative without rejecting draws; when the
-        # value is 0 there is nothing to subtract, so the step is an addition.
-        if value >= 1 and rng.random() < 0.5:
-            operand = rng.randint(1, min(value, max_operand))
-            result = value - operand
-            op = "-"
-        else:
-            operand = rng.randint(1, max_operand)
-            result = value + operand
-            op = "+"
+    for index in range(difficulty):
+        # Keeping intermediate results in [0, max_value] makes every line an easy problem of the pretrained range.
+        limit = max_value if index < difficulty - 1 else max_value + max_step
+        while True:
+            op = rng.choice("+-")
+            operand = rng.randint(1, max_step)
+            result = value + operand if op == "+" else value - operand
+            if 0 <= result <= limit:
+                break
         steps.append(f"{value}{op}{operand}={result}")
         expression += f"{op}{operand}"
         value = result
     demonstration = "\n".join(steps) + f"\n\\boxed{{{value}}}"
     return ArithmeticProblem(
         expression=expression,
-        question=f"Compute {expression}.",
+        question=render_question(expression),
         demonstration=demonstration,
         answer=value,
         difficulty=difficulty,
@@ -161,11 +195,12 @@ def generate_problems(
     num_problems: int,
     difficulty: int | Mapping[int, float] = EASY_DIFFICULTY,
     seed: int = 0,
-    held_out: bool = False,
-    max_operand: int = DEFAULT_MAX_OPERAND,
+    split: str = TRAIN_SPLIT,
+    max_value: int = DEFAULT_MAX_VALUE,
+    max_step: int = DEFAULT_MAX_STEP,
 ) -> list[ArithmeticProblem]:
     """
-    Generate problems from the training split or the held-out split, deterministically for `seed`.
+    Generate problems of one split, deterministically for `seed`.
 
     Args:
         num_problems (`int`):
@@ -175,14 +210,19 @@ def generate_problems(
             normalised and turned into exact counts; problems of all levels are then shuffled together.
         seed (`int`, *optional*, defaults to `0`):
             Random seed.
-        held_out (`bool`, *optional*, defaults to `False`):
-            Draw from the held-out split instead of the training split. Held-out problems are distinct from each other
+        split (`str`, *optional*, defaults to `"train"`):
+            `"train"`, `"validation"` or `"held_out"`. Validation and held-out problems are distinct from each other
             (repeats would weight some problems twice in an accuracy); training problems are i.i.d. draws and may
             repeat when the level has few distinct problems.
-        max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand.
+        max_value (`int`, *optional*, defaults to `59`):
+            Largest first operand and intermediate result.
+        max_step (`int`, *optional*, defaults to `19`):
+            Largest later operand.
     """
-    rng = random.Random(f"arithmetic-{seed}-{'held_out' if held_out else 'train'}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"arithmetic-{seed}-{split}")
+    distinct = split != TRAIN_SPLIT
     problems = []
     for level, count in _split_counts(num_problems, _normalize_mixture(difficulty)):
         seen = set()
@@ -190,16 +230,16 @@ def generate_problems(
         for _ in range(count * _MAX_DRAWS_PER_PROBLEM):
             if taken == count:
                 break
-            problem = sample_problem(rng, level, max_operand)
-            if is_held_out(problem.expression) != held_out or (held_out and problem.expression in seen):
+            problem = sample_problem(rng, level, max_value, max_step)
+            if split_of(problem.expression) != split or (distinct and problem.expression in seen):
                 continue
             seen.add(problem.expression)
             problems.append(problem)
             taken += 1
         if taken < count:
             raise ValueError(
-                f"could only draw {taken} of {count} distinct held-out problems of difficulty {level} with "
-                f"max_operand={max_operand}; ask for fewer or raise max_operand"
+                f"could only draw {taken} of {count} distinct {split} problems of difficulty {level} with "
+                f"max_value={max_value}, max_step={max_step}; ask for fewer or widen the ranges"
             )
     rng.shuffle(problems)
     return problems
@@ -226,28 +266,35 @@ def make_arithmetic_datasets(
     difficulty: int | Mapping[int, float] = EASY_DIFFICULTY,
     seed: int = 0,
     eval_seed: int = DEFAULT_EVAL_SEED,
-    max_operand: int = DEFAULT_MAX_OPERAND,
+    eval_split: str = HELD_OUT_SPLIT,
+    max_value: int = DEFAULT_MAX_VALUE,
+    max_step: int = DEFAULT_MAX_STEP,
 ) -> tuple[Dataset, Dataset]:
     """
-    Build the training and held-out datasets of the arithmetic task.
+    Build the training and evaluation datasets of the arithmetic task.
 
     Args:
         num_train (`int`):
             Number of training problems.
         num_eval (`int`):
-            Number of held-out problems, all distinct.
+            Number of evaluation problems, all distinct.
         difficulty (`int` or `Mapping[int, float]`, *optional*, defaults to `1`):
-            Number of operations, or a mixture such as `{EASY_DIFFICULTY: 0.5, HARD_DIFFICULTY: 0.5}`. The held-out
+            Number of operations, or a mixture such as `{EASY_DIFFICULTY: 0.5, HARD_DIFFICULTY: 0.5}`. The evaluation
             set follows the same mixture; its `difficulty` column lets accuracy be reported per level.
         seed (`int`, *optional*, defaults to `0`):
             Seed of the training set.
         eval_seed (`int`, *optional*, defaults to `1234`):
-            Seed of the held-out set, fixed by default so that every training seed is evaluated on the same problems.
-        max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand.
+            Seed of the evaluation set, fixed by default so that every training seed is evaluated on the same
+            problems.
+        eval_split (`str`, *optional*, defaults to `"held_out"`):
+            `"held_out"` to report, `"validation"` to choose settings on.
+        max_value (`int`, *optional*, defaults to `59`):
+            Largest first operand and intermediate result.
+        max_step (`int`, *optional*, defaults to `19`):
+            Largest later operand.
 
     Returns:
-        `tuple[Dataset, Dataset]`: the training and held-out datasets, with columns `prompt`, `demonstration`,
+        `tuple[Dataset, Dataset]`: the training and evaluation datasets, with columns `prompt`, `demonstration`,
         `solution` and `difficulty`. No problem is in both.
 
     Example:
@@ -255,12 +302,15 @@ def make_arithmetic_datasets(
     ```python
     >>> train, test = make_arithmetic_datasets(1000, 100, {EASY_DIFFICULTY: 0.5, HARD_DIFFICULTY: 0.5})
     >>> train[0]["prompt"]
-    [{'role': 'user', 'content': 'Compute 94-61.'}]
+    [{'role': 'user', 'content': '...'}]
     ```
     """
-    train = generate_problems(num_train, difficulty, seed=seed, held_out=False, max_operand=max_operand)
-    held_out = generate_problems(num_eval, difficulty, seed=eval_seed, held_out=True, max_operand=max_operand)
-    return problems_to_dataset(train), problems_to_dataset(held_out)
+    if eval_split == TRAIN_SPLIT:
+        raise ValueError("eval_split must be 'held_out' or 'validation': training problems are not for evaluation")
+    ranges = {"max_value": max_value, "max_step": max_step}
+    train = generate_problems(num_train, difficulty, seed=seed, split=TRAIN_SPLIT, **ranges)
+    evaluation = generate_problems(num_eval, difficulty, seed=eval_seed, split=eval_split, **ranges)
+    return problems_to_dataset(train), problems_to_dataset(evaluation)
 
 
 @dataclass

@@ -1,12 +1,26 @@
 """The demo's pretrained "base model": a tiny Qwen2 taught the easy arithmetic problems only, cached on disk.
 
 HPT, SFT, GRPO and SFT->GRPO must all start from the same base, and the paper's motivating base solves some easy
-problems and none of the hard ones: GRPO then has a reward signal on the easy prompts only, while HPT's SFT branch can
-still teach the hard ones. A base with that profile is made here by brief next-token SFT on easy problems (prompt +
-demonstration + EOS, loss on the completion), stopped once it solves a set fraction of easy validation problems, then
-saved with `save_pretrained` so it loads like any Hub checkpoint.
-The folder name carries a hash of every setting that changes the weights, so a second call with the same settings
-loads the cached base instead of training again, and different settings never share a folder.
+problems and almost none of the hard ones, although it has the skills a hard problem needs. A base with that profile is
+made here by next-token SFT (loss on the completion only) on two kinds of examples, both built from easy problems of
+the training split, each asked with a fresh random filler:
+
+- an easy problem answered in full: `37+8=kq` -> `37+8=45\n\boxed{45}<eos>`;
+- a line completion (`line_completion_fraction` of the examples): the prompt is an easy question, and the completion
+  is given up to a second line that carries the first line's result on, `37+8=45\n45-19=`; the target is its value
+  and the box, `26\n\boxed{26}<eos>`. So the base computes a line whose operands are in its own completion as well
+  as one whose operands are in the question, but it is never shown a question with two operations, and never writes a
+  second line itself.
+
+The second kind is what makes demonstrations teach and not overwrite: every token of a hard demonstration is then
+either an easy first line or a second line the base can already complete, and what SFT has to add is writing the
+second line's start (`45-19=`, copying the operator and operand from the question), a behaviour the model can
+represent but does not sample. Without it (the previous built-in task), SFT on two-step demonstrations broke the easy
+skill (easy 0.43 -> 0.14) and taught no hard problem.
+
+The model is saved with `save_pretrained` so it loads like any Hub checkpoint. The folder name carries a hash of
+every setting that changes the weights, so a second call with the same settings loads the cached base instead of
+training again, and different settings never share a folder.
 """
 
 import hashlib
@@ -14,6 +28,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -25,12 +40,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..rng import private_rng
 from .arithmetic_task import (
-    DEFAULT_MAX_OPERAND,
+    DEFAULT_MAX_STEP,
+    DEFAULT_MAX_VALUE,
     EASY_DIFFICULTY,
+    HARD_DIFFICULTY,
+    TRAIN_SPLIT,
+    VALIDATION_SPLIT,
     evaluate_accuracy,
     generate_problems,
     problems_to_dataset,
     prompt_ids,
+    render_question,
+    sample_problem,
+    split_of,
 )
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
@@ -38,7 +60,7 @@ from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 logger = logging.getLogger(__name__)
 
 # Bump when the training recipe changes in a way the settings do not capture, so stale caches are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3
 _SETTINGS_FILE = "base_model_settings.json"
 
 # Four narrow layers learned two-digit addition in fewer CPU-seconds than two wider ones: after 600 steps (~85 s on
@@ -54,13 +76,15 @@ DEFAULT_MODEL_KWARGS = {
 
 def base_model_settings(
     seed: int = 0,
-    difficulty: int = EASY_DIFFICULTY,
-    max_operand: int = DEFAULT_MAX_OPERAND,
-    num_steps: int = 1200,
+    max_value: int = DEFAULT_MAX_VALUE,
+    max_step: int = DEFAULT_MAX_STEP,
+    line_completion_fraction: float = 0.3,
+    num_steps: int = 1000,
+    schedule_steps: int = 1500,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     warmup_steps: int = 30,
-    target_accuracy: float | None = 0.4,
+    target_accuracy: float | None = 0.6,
     eval_every: int = 25,
     num_validation: int = 128,
     model_kwargs: dict | None = None,
@@ -71,34 +95,46 @@ def base_model_settings(
 
     Args:
         seed (`int`, *optional*, defaults to `0`):
-            Seed of the initial weights and of the training problems.
-        difficulty (`int`, *optional*, defaults to `1`):
-            Difficulty of the pretraining problems (number of operations).
-        max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand of the pretraining problems.
-        num_steps (`int`, *optional*, defaults to `1200`):
-            Maximum number of optimizer steps, and the length of the cosine schedule.
+            Seed of the initial weights and of the training examples.
+        max_value (`int`, *optional*, defaults to `59`):
+            Largest first operand and intermediate result of the pretraining problems.
+        max_step (`int`, *optional*, defaults to `19`):
+            Largest later operand of the pretraining problems.
+        line_completion_fraction (`float`, *optional*, defaults to `0.3`):
+            Share of line-completion examples (see the module docstring); the rest are easy problems in full.
+        num_steps (`int`, *optional*, defaults to `1000`):
+            Optimizer steps.
+        schedule_steps (`int`, *optional*, defaults to `1500`):
+            Length of the cosine schedule; stopping before its end (`num_steps < schedule_steps`) leaves the base
+            partly trained, with room for RL to improve the easy problems.
         batch_size (`int`, *optional*, defaults to `64`):
-            Problems per step.
+            Examples per step.
         learning_rate (`float`, *optional*, defaults to `3e-3`):
             Peak learning rate.
         warmup_steps (`int`, *optional*, defaults to `30`):
             Linear warmup steps.
-        target_accuracy (`float` or `None`, *optional*, defaults to `0.4`):
-            Stop once greedy validation accuracy reaches this. `None` trains for all `num_steps`.
+        target_accuracy (`float` or `None`, *optional*, defaults to `0.6`):
+            Stop as soon as greedy accuracy on easy validation problems reaches this. `None` trains for all
+            `num_steps`.
         eval_every (`int`, *optional*, defaults to `25`):
-            Steps between validation checks.
+            Steps between validation checks (with `target_accuracy` only).
         num_validation (`int`, *optional*, defaults to `128`):
-            Validation problems (training split, never trained on in this run).
+            Validation problems (validation split) of the stop rule.
         model_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Overrides of [`DEFAULT_MODEL_KWARGS`], passed to [`~hpt_trl.builtin_task.tiny_model.build_tiny_qwen2`].
     """
+    if not 0.0 <= line_completion_fraction <= 1.0:
+        raise ValueError(f"line_completion_fraction must be in [0, 1], got {line_completion_fraction}")
+    if num_steps > schedule_steps:
+        raise ValueError(f"num_steps ({num_steps}) must not exceed schedule_steps ({schedule_steps})")
     return {
         "cache_version": _CACHE_VERSION,
         "seed": seed,
-        "difficulty": difficulty,
-        "max_operand": max_operand,
+        "max_value": max_value,
+        "max_step": max_step,
+        "line_completion_fraction": line_completion_fraction,
         "num_steps": num_steps,
+        "schedule_steps": schedule_steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "warmup_steps": warmup_steps,
@@ -122,15 +158,49 @@ def base_model_path(cache_dir: str | Path, **kwargs) -> Path:
     return _cache_path(cache_dir, base_model_settings(**kwargs))
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, problems) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + demonstration + EOS, and where the completion starts."""
-    encoded = []
-    for problem in problems:
-        # The prompt ids `evaluate_accuracy` generates from, so the base is trained on exactly what it is asked.
-        prompt = prompt_ids(tokenizer, [{"role": "user", "content": problem.question}])
-        completion_ids = tokenizer(problem.demonstration, add_special_tokens=False)["input_ids"]
-        encoded.append((prompt + completion_ids + [tokenizer.eos_token_id], len(prompt)))
-    return encoded
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, question: str, completion_prefix: str, target: str
+) -> tuple[list[int], int]:
+    """Token ids of prompt + completion prefix + target + EOS, and where the target (the part with a loss) starts."""
+    # The prompt ids `evaluate_accuracy` generates from, so the base is trained on exactly what it is asked.
+    prompt = prompt_ids(tokenizer, [{"role": "user", "content": question}])
+    prefix = tokenizer(completion_prefix, add_special_tokens=False)["input_ids"] if completion_prefix else []
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    return prompt + prefix + target_ids + [tokenizer.eos_token_id], len(prompt) + len(prefix)
+
+
+def pretraining_examples(settings: dict, num_examples: int) -> list[tuple[str, str, str]]:
+    """
+    The base model's pretraining examples as `(question, completion_prefix, target)`, deterministic for the settings'
+    seed: easy training-split problems in full, and line completions (see the module docstring), each with a fresh
+    filler.
+    """
+    ranges = {"max_value": settings["max_value"], "max_step": settings["max_step"]}
+    rng = random.Random(f"pretraining-{settings['seed']}")
+    examples = []
+    while len(examples) < num_examples:
+        if rng.random() < settings["line_completion_fraction"]:
+            # The second line of a hard training problem whose first line is an easy training problem: the hard
+            # problem itself is never asked.
+            chain = sample_problem(rng, HARD_DIFFICULTY, **ranges)
+            first_line, second_line, _ = chain.demonstration.split("\n")
+            first_expression = first_line.split("=")[0]
+            if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_expression) != TRAIN_SPLIT:
+                continue
+            second_start, value = second_line.split("=")
+            examples.append(
+                (
+                    render_question(first_expression, rng),
+                    f"{first_line}\n{second_start}=",
+                    f"{value}\n\\boxed{{{value}}}",
+                )
+            )
+        else:
+            problem = sample_problem(rng, EASY_DIFFICULTY, **ranges)
+            if split_of(problem.expression) != TRAIN_SPLIT:
+                continue
+            examples.append((render_question(problem.expression, rng), "", problem.demonstration))
+    return examples
 
 
 def _collate(batch: list[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -155,60 +225,70 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     num_steps, batch_size = settings["num_steps"], settings["batch_size"]
     target_accuracy = settings["target_accuracy"]
     num_validation = settings["num_validation"] if target_accuracy is not None else 0
-    # Fresh problems every step, from the training split only: with ~12k distinct easy training problems the model
-    # sees each a few times at most, so it learns to add rather than to recall. The validation problems that decide
-    # when to stop come from the same split (the held-out split stays untouched for reporting).
-    problems = generate_problems(
-        num_validation + num_steps * batch_size,
-        settings["difficulty"],
-        seed=settings["seed"],
-        held_out=False,
-        max_operand=settings["max_operand"],
+    # Fresh examples every step, from the training split only: the ~1,200 distinct easy training problems are each
+    # seen dozens of times, but each time with another filler, so the model learns to find the operands rather than
+    # to recall a prompt. The stop rule's problems come from the validation split (the held-out split stays
+    # untouched for reporting).
+    validation = problems_to_dataset(
+        generate_problems(
+            num_validation,
+            EASY_DIFFICULTY,
+            seed=settings["seed"],
+            split=VALIDATION_SPLIT,
+            max_value=settings["max_value"],
+            max_step=settings["max_step"],
+        )
     )
-    validation = problems_to_dataset(problems[:num_validation])
-    examples = _encode(tokenizer, problems[num_validation:])
+    examples = [_encode(tokenizer, *example) for example in pretraining_examples(settings, num_steps * batch_size)]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=0.0)
-    warmup = settings["warmup_steps"]
+    warmup, schedule_steps = settings["warmup_steps"], settings["schedule_steps"]
 
     def lr_lambda(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, num_steps - warmup)))
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, schedule_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     model.train()
     losses, validation_accuracy, steps_done = [], None, 0
-    with private_rng(settings["seed"]):
-        progress = tqdm(range(num_steps), desc="Pretraining base model", disable=not show_progress)
-        for step in progress:
-            batch = _collate(examples[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            steps_done = step + 1
-            if target_accuracy is not None and steps_done % settings["eval_every"] == 0:
-                validation_accuracy = evaluate_accuracy(model, tokenizer, validation).accuracy
-            if steps_done % 10 == 0 or steps_done == num_steps:
-                postfix = {"loss": f"{sum(losses[-10:]) / len(losses[-10:]):.3f}"}
-                if validation_accuracy is not None:
-                    postfix["val_acc"] = f"{validation_accuracy:.2f}"
-                progress.set_postfix(postfix)
-            if validation_accuracy is not None and validation_accuracy >= target_accuracy:
-                progress.close()
-                message = (
-                    f"Base model pretraining stopped early, as intended, at step {steps_done} of {num_steps}: "
-                    f"validation accuracy {validation_accuracy:.2f} reached the target {target_accuracy}."
-                )
-                if show_progress:
-                    tqdm.write(message)
-                logger.info(message)
-                break
-
+    # One thread, whatever the machine has: a matrix product summed in another order (as a different thread count
+    # splits it) moves the weights by rounding, which compounds over the steps and moved the stop rule's step from
+    # 475 (one thread) to 525 (two). At this model size a second thread saved little time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with private_rng(settings["seed"]):
+            progress = tqdm(range(num_steps), desc="Pretraining base model", disable=not show_progress)
+            for step in progress:
+                batch = _collate(examples[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                steps_done = step + 1
+                if target_accuracy is not None and steps_done % settings["eval_every"] == 0:
+                    validation_accuracy = evaluate_accuracy(model, tokenizer, validation).accuracy
+                if steps_done % 10 == 0 or steps_done == num_steps:
+                    postfix = {"loss": f"{sum(losses[-10:]) / len(losses[-10:]):.3f}"}
+                    if validation_accuracy is not None:
+                        postfix["val_acc"] = f"{validation_accuracy:.2f}"
+                    progress.set_postfix(postfix)
+                if validation_accuracy is not None and validation_accuracy >= target_accuracy:
+                    progress.close()
+                    message = (
+                        f"Base model pretraining stopped early, as intended, at step {steps_done} of {num_steps}: "
+                        f"validation accuracy {validation_accuracy:.2f} reached the target {target_accuracy}."
+                    )
+                    if show_progress:
+                        tqdm.write(message)
+                    logger.info(message)
+                    break
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return {

@@ -14,7 +14,14 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..evaluation.callback import log_at_step
-from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, evaluate_accuracy, make_arithmetic_datasets
+from .arithmetic_task import (
+    EASY_DIFFICULTY,
+    HARD_DIFFICULTY,
+    HELD_OUT_SPLIT,
+    VALIDATION_SPLIT,
+    evaluate_accuracy,
+    make_arithmetic_datasets,
+)
 from .base_model import get_base_model
 
 
@@ -36,17 +43,22 @@ class ArithmeticTaskArguments:
             Held-out problems (a fixed set, the same for every seed and method).
         task_hard_fraction (`float`, *optional*, defaults to `0.5`):
             Share of hard (two-step) problems in both sets; the rest are easy (one step).
-        task_max_operand (`int`, *optional*, defaults to `99`):
-            Largest operand.
+        task_eval_split (`str`, *optional*, defaults to `"held_out"`):
+            Split the accuracy during and after training is measured on: `"held_out"` to report, `"validation"` to
+            choose settings on (as `benchmarks/compare_methods.py` does).
+        task_max_value (`int`, *optional*, defaults to `59`):
+            Largest first operand and intermediate result.
+        task_max_step (`int`, *optional*, defaults to `19`):
+            Largest later operand.
         base_model_cache (`str`, *optional*, defaults to `".cache/hpt-trl"`):
             Folder where the pretrained base model is cached, keyed by its settings.
         base_model_seed (`int`, *optional*, defaults to `0`):
             Seed of the base model. Kept apart from the training seed, so every method and seed starts from one base.
-        base_model_max_steps (`int`, *optional*, defaults to `1200`):
-            Most pretraining steps of the base model.
-        base_model_target_accuracy (`float`, *optional*, defaults to `0.4`):
-            Pretraining stops once the base's greedy accuracy on validation problems (easy, from the training split)
-            reaches this; `-1` trains for exactly `base_model_max_steps`.
+        base_model_max_steps (`int`, *optional*, defaults to `1000`):
+            Pretraining steps of the base model (of a 1500-step cosine schedule).
+        base_model_target_accuracy (`float`, *optional*, defaults to `0.6`):
+            Stop pretraining once the base's greedy accuracy on easy validation problems reaches this; `-1` trains
+            for exactly `base_model_max_steps`.
         heldout_eval_steps (`int`, *optional*, defaults to `10`):
             Greedy held-out accuracy is measured every this many steps (and before and after training); `0` only
             before and after.
@@ -57,12 +69,16 @@ class ArithmeticTaskArguments:
     task_num_train: int = field(default=4000, metadata={"help": "Training problems of the built-in task."})
     task_num_eval: int = field(default=200, metadata={"help": "Held-out problems of the built-in task."})
     task_hard_fraction: float = field(default=0.5, metadata={"help": "Share of hard (two-step) problems."})
-    task_max_operand: int = field(default=99, metadata={"help": "Largest operand of the built-in task."})
+    task_eval_split: str = field(
+        default="held_out", metadata={"help": "Split to measure accuracy on.", "choices": ["held_out", "validation"]}
+    )
+    task_max_value: int = field(default=59, metadata={"help": "Largest first operand and intermediate result."})
+    task_max_step: int = field(default=19, metadata={"help": "Largest later operand."})
     base_model_cache: str = field(default=".cache/hpt-trl", metadata={"help": "Cache folder of the base model."})
     base_model_seed: int = field(default=0, metadata={"help": "Seed of the built-in base model."})
-    base_model_max_steps: int = field(default=1200, metadata={"help": "Most pretraining steps of the base model."})
+    base_model_max_steps: int = field(default=1000, metadata={"help": "Pretraining steps of the base model."})
     base_model_target_accuracy: float = field(
-        default=0.4, metadata={"help": "Stop pretraining at this validation accuracy (-1: run all steps)."}
+        default=0.6, metadata={"help": "Stop pretraining at this validation accuracy (-1: run all steps)."}
     )
     heldout_eval_steps: int = field(default=10, metadata={"help": "Held-out accuracy every N steps (0: ends only)."})
     plot: bool = field(default=True, metadata={"help": "Write training_dynamics.png at the end."})
@@ -70,7 +86,9 @@ class ArithmeticTaskArguments:
     def __post_init__(self):
         if not 0.0 <= self.task_hard_fraction <= 1.0:
             raise ValueError(f"task_hard_fraction must be in [0, 1], got {self.task_hard_fraction}.")
-        for name in ("task_num_train", "task_num_eval", "task_max_operand"):
+        if self.task_eval_split not in (HELD_OUT_SPLIT, VALIDATION_SPLIT):
+            raise ValueError(f"task_eval_split must be 'held_out' or 'validation', got {self.task_eval_split!r}.")
+        for name in ("task_num_train", "task_num_eval", "task_max_value", "task_max_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.heldout_eval_steps < 0:
@@ -80,7 +98,13 @@ class ArithmeticTaskArguments:
         mixture = {EASY_DIFFICULTY: 1.0 - self.task_hard_fraction, HARD_DIFFICULTY: self.task_hard_fraction}
         mixture = {level: share for level, share in mixture.items() if share > 0}
         return make_arithmetic_datasets(
-            self.task_num_train, self.task_num_eval, mixture, seed=seed, max_operand=self.task_max_operand
+            self.task_num_train,
+            self.task_num_eval,
+            mixture,
+            seed=seed,
+            eval_split=self.task_eval_split,
+            max_value=self.task_max_value,
+            max_step=self.task_max_step,
         )
 
     def base_model(self) -> str:
@@ -88,7 +112,8 @@ class ArithmeticTaskArguments:
         path = get_base_model(
             self.base_model_cache,
             seed=self.base_model_seed,
-            max_operand=self.task_max_operand,
+            max_value=self.task_max_value,
+            max_step=self.task_max_step,
             num_steps=self.base_model_max_steps,
             target_accuracy=target,
         )

@@ -1,0 +1,99 @@
+"""benchmarks/compare_methods.py at reduced size: the premise checks on the real base model, the tuning on the
+validation split, and a resumed comparison that trains nothing twice."""
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory):
+    # The demo's real base model (default settings), pretrained once for this module.
+    return tmp_path_factory.mktemp("base-cache")
+
+
+def reduced(base_cache) -> list[str]:
+    # Two optimizer steps a run: these tests check what is measured and printed, not what training reaches.
+    return ["--max_steps", "2", "--warmup_steps", "0", "--per_device_train_batch_size", "16"] + [
+        "--task_num_train", "32", "--task_num_eval", "8", "--heldout_eval_steps", "0",
+        "--base_model_cache", str(base_cache),
+    ]  # fmt: skip
+
+
+def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path, base_cache, capsys, monkeypatch):
+    benchmark = load_benchmark()
+    monkeypatch.setattr(benchmark, "LEARNING_RATES", ("1e-3", "1e-4"))
+    argv = ["--methods", "sft", "grpo", "--seeds", "0", "1", "--num_eval", "200", "--num_sampled", "20"]
+    argv += ["--output_dir", str(tmp_path)]
+    outcome = benchmark.main([*argv, "--", *reduced(base_cache)])
+    printed = capsys.readouterr().out
+
+    # The base: what the paper's claim presupposes holds for the demo's base model.
+    base = outcome["base"]
+    assert base["easy"] >= 0.3 and base["hard"] <= 0.05, base
+    checks = {name: (value, holds) for name, value, holds in outcome["premise"]}
+    assert checks["base easy >= 0.3"] == (base["easy"], True)
+    assert checks["base hard <= 0.05"] == (base["hard"], True)
+    measured = re.escape(f"{base['easy']:+.3f}")
+    assert re.search(rf"PASS +base easy >= 0\.3 +measured {measured}", printed)
+    # The methods' rows: lifts over the base, mean over the seeds, of the chosen setting.
+    for method, level, name in (("sft", "hard", "sft hard lift >= 0.15"), ("grpo", "easy", "grpo easy lift >= 0.05")):
+        rows = outcome["final"][method]
+        assert [r["seed"] for r in rows] == [0, 1]
+        lift = sum(r["held_out"][level] for r in rows) / 2 - base[level]
+        assert checks[name][0] == pytest.approx(lift)
+        measured = re.escape(f"{lift:+.3f}")
+        assert re.search(rf"(PASS|FAIL) +{re.escape(name)} +measured {measured}", printed)
+    # Tuning: both rates tried at the tuning seed on the validation split, the better one taken for seed 1.
+    results = json.loads((tmp_path / "results.json").read_text())["runs"]
+    for method in ("sft", "grpo"):
+        tried = {
+            r["learning_rate"]: r["validation"]["greedy"] for r in results if r["method"] == method and r["seed"] == 0
+        }
+        assert set(tried) == {"1e-3", "1e-4"}
+        chosen = outcome["chosen"][method]
+        assert tried[chosen] == max(tried.values())
+        assert [r["learning_rate"] for r in results if r["method"] == method and r["seed"] == 1] == [chosen]
+        assert f"| {method} | {chosen} |" in printed
+    for row in results:
+        assert set(row["held_out"]) == {"easy", "hard", "greedy", "pass@1", "pass@4", "pass@16"}
+        assert 0.0 <= row["held_out"]["pass@1"] <= row["held_out"]["pass@4"] <= row["held_out"]["pass@16"] <= 1.0
+        assert row["sft_ratio"][0] == (1.0 if row["method"] == "sft" else 0.0)
+
+    # A rerun trains nothing and prints the same checks and table (the first run also printed its training).
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(benchmark, "train_run", no_training)
+    benchmark.main([*argv, "--", *reduced(base_cache)])
+    summary = printed[printed.index("Premise checks") :]
+    assert capsys.readouterr().out.endswith(summary)
+    with pytest.raises(ValueError, match="overrides"):
+        benchmark.main([*argv, "--", *reduced(base_cache), "--gamma", "1"])
+
+
+def test_the_setting_is_chosen_on_validation_accuracy_only():
+    benchmark = load_benchmark()
+    runs = [
+        {"method": "hpt", "seed": 0, "learning_rate": rate, "validation": {"greedy": v}, "held_out": {"greedy": h}}
+        for rate, v, h in (("1e-4", 0.2, 0.9), ("3e-4", 0.5, 0.1), ("1e-3", 0.4, 0.5))
+    ]
+    assert benchmark.chosen_setting(runs, "hpt", tuning_seed=0) == "3e-4"
+    assert benchmark.chosen_setting(runs[:2], "hpt", tuning_seed=0) is None  # not all of the budget run yet
+    assert benchmark.chosen_setting(runs, "hpt", tuning_seed=1) is None
