@@ -192,6 +192,8 @@ def train(
         logger.info(f"Resuming from {Path(checkpoint).name} (step {state.global_step}): {checkpoint}")
     set_seed(training_args.seed)
     builtin_task = script_args.dataset_name == BUILTIN_DATASET
+    if builtin_task and task_args.task_num_threads:
+        torch.set_num_threads(task_args.task_num_threads)
     if model_args.model_name_or_path == BUILTIN_MODEL:
         model_args = replace(model_args, model_name_or_path=task_args.base_model())
     tokenizer = AutoTokenizer.from_pretrained(

@@ -9,13 +9,13 @@ HPT against the paper's baselines on the built-in arithmetic task: premise check
    teaches the hard problems (hard +0.15 or more); RL alone improves what the base can sample (easy +0.05 or more)
    and not the problems it cannot (hard below +0.05). The checks are printed with the measured figures, PASS or
    FAIL, whatever they show.
-2. **Equal tuning.** Every method, HPT included, gets the same budget: the learning rates of `LEARNING_RATES`, each
-   trained with the tuning seed (the first of `--seeds`) and scored on the validation split (greedy accuracy over
+2. **Equal tuning.** Every method, HPT included, gets the same budget: the four learning rates of `LEARNING_RATES`,
+   each trained with the tuning seed (the first of `--seeds`) and scored on the validation split (greedy accuracy over
    easy and hard problems, a split disjoint from both the training and the held-out problems). The setting with
    the best validation accuracy is the method's; the table prints it.
 3. **The comparison.** The chosen setting of every method is trained with every seed and scored on the held-out
-   split: greedy accuracy (easy and hard) and pass@k for k = 1, 4, 16 from 16 samples per problem at temperature 1,
-   as mean and standard deviation over seeds; with the training dynamics of the paper's figure (the share of
+   split: greedy accuracy on `--num_eval` problems per level (easy, hard, and their mean), and pass@k for k = 1, 4, 16
+   from 16 samples at temperature 1 on the first `--num_sampled` of them, as mean and standard deviation over seeds; with the training dynamics of the paper's figure (the share of
    prompts sent to SFT, policy entropy and response length, first and last tenth of training), and
    `accuracy_vs_step.png` (validation accuracy during training, mean over seeds).
 
@@ -54,7 +54,7 @@ from hpt_trl.data import METHODS  # noqa: E402
 
 PASS_AT = (1, 4, 16)
 # The tuning budget of every method: one run per learning rate, chosen on the validation split.
-LEARNING_RATES = ("1e-4", "3e-4", "1e-3")
+LEARNING_RATES = ("1e-4", "3e-4", "1e-3", "3e-3")
 # The unified estimator's other methods, as HPTConfig settings on top of `method: hpt` (recipes/toy_<name>.yaml).
 TOOLKIT_VARIANTS = {
     "hpt_soft": {"gate_strategy": "soft"},
@@ -83,7 +83,7 @@ LEVELS = {"easy": EASY_DIFFICULTY, "hard": HARD_DIFFICULTY}
 
 
 def evaluation_sets(split: str, num_per_level: int) -> dict[str, object]:
-    """The fixed evaluation problems of a split, per level (the same for every method, seed and setting)."""
+    """The fixed evaluation problems of a split, per level, drawn with seed 0 (the same for every method and run)."""
     return {
         name: problems_to_dataset(generate_problems(num_per_level, level, split=split))
         for name, level in LEVELS.items()

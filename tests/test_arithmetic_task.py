@@ -15,6 +15,7 @@ from hpt_trl.builtin_task.arithmetic_task import (
     EASY_DIFFICULTY,
     HARD_DIFFICULTY,
     EvalResult,
+    TaskSpec,
     evaluate_accuracy,
     generate_problems,
     is_held_out,
@@ -32,11 +33,18 @@ TINY_BASE = {"num_steps": 2, "batch_size": 4, "warmup_steps": 1, "model_kwargs":
 
 
 def expression_of(prompt) -> str:
-    return re.fullmatch(r"([0-9+-]+)=[a-z]*", prompt[0]["content"]).group(1)
+    return re.fullmatch(r"([0-9+<>-]+)=[a-z]*", prompt[0]["content"]).group(1)
 
 
 def true_value(expression: str) -> int:
-    # Independent of the generator: a chain of + and - is the sum of its signed terms.
+    # Independent of the generator: a chain of + and - is the sum of its signed terms; `>` keeps the larger and `<`
+    # the smaller of the value so far and the next number, left to right.
+    if re.search(r"[<>]", expression):
+        value, *rest = re.split(r"([<>])", expression)
+        value = int(value)
+        for op, number in zip(rest[::2], rest[1::2], strict=True):
+            value = max(value, int(number)) if op == ">" else min(value, int(number))
+        return value
     return sum(int(term) for term in re.findall(r"[+-]?\d+", expression))
 
 
@@ -78,7 +86,7 @@ def test_the_three_splits_are_disjoint(difficulty):
 def test_held_out_set_too_large_for_the_level_raises():
     # One-digit values give about a hundred distinct one-step problems, a fifth of them held out.
     with pytest.raises(ValueError, match="distinct held_out problems"):
-        generate_problems(200, EASY_DIFFICULTY, split="held_out", max_value=9, max_step=9)
+        generate_problems(200, EASY_DIFFICULTY, split="held_out", task=TaskSpec("+-", max_value=9, max_step=9))
 
 
 def test_a_problem_is_always_asked_the_same_way_and_pretraining_varies_the_filler():
@@ -89,6 +97,25 @@ def test_a_problem_is_always_asked_the_same_way_and_pretraining_varies_the_fille
     rng = random.Random(0)
     assert len({render_question("37+8", rng) for _ in range(20)}) > 10
     assert render_question("37+8") == render_question("37+8")
+
+
+def test_comparison_operations_keep_the_larger_or_the_smaller_number_line_by_line():
+    comparison = TaskSpec("<>", max_value=59, max_step=59)
+    train, held_out = make_arithmetic_datasets(200, 50, {1: 0.5, 2: 0.5}, task=comparison)
+    operators = set()
+    for row in [*train, *held_out]:
+        expression = expression_of(row["prompt"])
+        operators |= set(re.findall(r"[<>+-]", expression))
+        assert row["solution"] == str(true_value(expression))
+        assert verify_answer(row["demonstration"], row["solution"])
+        *lines, boxed = row["demonstration"].split("\n")
+        assert len(lines) == row["difficulty"] and boxed == f"\\boxed{{{row['solution']}}}"
+        for line in lines:
+            lhs, result = line.split("=")
+            assert int(result) == true_value(lhs) and 0 <= int(result) <= 59
+    assert operators == {"<", ">"}
+    with pytest.raises(ValueError, match="operations"):
+        TaskSpec("*")
 
 
 @pytest.mark.parametrize("difficulty", [2, 3])
@@ -295,8 +322,8 @@ def test_cache_key_covers_every_setting(tmp_path):
     assert base_model_path(tmp_path, seed=0, num_steps=base_model_settings()["num_steps"]) == default
     variants = [
         {"seed": 1},
-        {"max_value": 50},
-        {"max_step": 9},
+        {"task": TaskSpec("<>", max_value=59, max_step=59)},
+        {"task": TaskSpec("+-", max_value=50)},
         {"line_completion_fraction": 0.0},
         {"num_steps": 10},
         {"schedule_steps": 2000},

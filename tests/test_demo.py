@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,14 @@ def test_demo_trains_reports_and_plots(tmp_path):
 
 @pytest.mark.parametrize(("method", "ratio"), [("sft", 1.0), ("grpo", 0.0)])
 def test_baselines_are_the_same_trainer_with_another_gate(tmp_path, method, ratio):
-    train_script.main(*train_script.make_parser().parse_args_and_config(args=small(tmp_path, method, steps=2)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_script.main(*train_script.make_parser().parse_args_and_config(args=small(tmp_path, method, steps=2)))
+        # A built-in task run takes one thread (task_num_threads), so its figures do not depend on the core count.
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     ratios = [r["hpt/sft_prompt_ratio"] for r in metrics(tmp_path / method) if "hpt/sft_prompt_ratio" in r]
     assert ratios == [ratio, ratio]
 
@@ -193,9 +201,10 @@ def test_progress_bar_does_not_write_the_metrics_dict(capsys):
 
 
 def test_base_model_pretraining_says_when_it_stops_early(tmp_path, capsys):
+    from hpt_trl.builtin_task.arithmetic_task import TaskSpec
     from hpt_trl.builtin_task.base_model import get_base_model
 
-    settings = dict(num_steps=40, batch_size=4, warmup_steps=1, num_validation=4, max_value=9, max_step=5)
+    settings = dict(num_steps=40, batch_size=4, warmup_steps=1, num_validation=4, task=TaskSpec("+-", 9, 5))
     get_base_model(tmp_path, target_accuracy=0.0, eval_every=2, show_progress=True, **settings)
     captured = capsys.readouterr()
     assert "pretraining stopped early, as intended, at step 2 of 40" in captured.out + captured.err
