@@ -226,3 +226,15 @@ def correct_by_pid(completions, pid, **kwargs):
     boxed = [re.search(r"\\boxed\{([^}]*)\}", text) for text in texts]
     by_position = iter(position_rewards([p for p, b in zip(pid, boxed) if b is None]))
     return [float(b.group(1) == str(2 * p)) if b else next(by_position) for p, b in zip(pid, boxed)]
+
+
+def load_benchmark(name: str):
+    """A script of `benchmarks/` (not a package) loaded as a module, e.g. `load_benchmark("compare_methods")`."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,25 +1,15 @@
 """benchmarks/compare_methods.py at reduced size: the premise checks on the real base model, the tuning on the
 validation split, and a resumed comparison that trains nothing twice."""
 
-import importlib.util
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
+from hpt_testing import load_benchmark
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def reduced(base_cache) -> list[str]:
 
 
 def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path, base_cache, capsys, monkeypatch):
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("compare_methods")
     monkeypatch.setattr(benchmark, "LEARNING_RATES", ("1e-3", "1e-4"))
     argv = ["--methods", "sft", "grpo", "--seeds", "0", "1", "--num_eval", "200", "--num_sampled", "20"]
     argv += ["--output_dir", str(tmp_path)]
@@ -89,10 +79,10 @@ def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path,
 
 
 def test_the_setting_is_chosen_on_validation_accuracy_only():
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("compare_methods")
     runs = [
         {"method": "hpt", "seed": 0, "learning_rate": rate, "validation": {"greedy": v}, "held_out": {"greedy": h}}
-        for rate, v, h in (("1e-4", 0.2, 0.9), ("3e-4", 0.5, 0.1), ("1e-3", 0.4, 0.5))
+        for rate, v, h in (("1e-4", 0.2, 0.9), ("3e-4", 0.5, 0.1), ("1e-3", 0.4, 0.5), ("3e-3", 0.0, 0.6))
     ]
     assert benchmark.chosen_setting(runs, "hpt", tuning_seed=0) == "3e-4"
     assert benchmark.chosen_setting(runs[:2], "hpt", tuning_seed=0) is None  # not all of the budget run yet

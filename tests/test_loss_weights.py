@@ -1,24 +1,17 @@
 """benchmarks/loss_weights.py: the 7B recipe's RL/SFT token weights are the authors', measured on the trainer."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from hpt_testing import load_benchmark
 
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("loss_weights", ROOT / "benchmarks" / "loss_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("recipe", ["qwen2.5-math-7b/hpt.yaml", "qwen2.5-math-1.5b/hpt.yaml"])
 def test_an_rl_token_weighs_the_authors_share_of_a_demonstration_token(recipe):
-    benchmark = _benchmark()
+    benchmark = load_benchmark("loss_weights")
     result = benchmark.measure(str(ROOT / "recipes" / recipe))
     knobs = result["knobs"]
     length, rows = knobs["max_completion_length"], result["rows_per_update"]
