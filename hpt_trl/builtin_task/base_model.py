@@ -33,6 +33,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -142,6 +144,22 @@ def base_model_settings(
     }
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """
+    Run the block on one torch thread, whatever the machine has, and restore the count afterwards. A matrix product
+    summed in another order (as a different thread count splits it) moves the weights by rounding, which compounds
+    over the steps: it moved the stop rule's step from 475 (one thread) to 525 (two). At this model size a second
+    thread saved little time.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _cache_path(cache_dir: str | Path, settings: dict) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return Path(cache_dir) / f"base-{key}"
@@ -248,43 +266,36 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     model.train()
     losses, validation_accuracy, steps_done = [], None, 0
-    # One thread, whatever the machine has: a matrix product summed in another order (as a different thread count
-    # splits it) moves the weights by rounding, which compounds over the steps and moved the stop rule's step from
-    # 475 (one thread) to 525 (two). At this model size a second thread saved little time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with private_rng(settings["seed"]):
-            progress = tqdm(range(num_steps), desc="Pretraining base model", disable=not show_progress)
-            for step in progress:
-                batch = _collate(examples[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)
-                loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                steps_done = step + 1
-                if target_accuracy is not None and steps_done % settings["eval_every"] == 0:
-                    validation_accuracy = evaluate_accuracy(model, tokenizer, validation).accuracy
-                if steps_done % 10 == 0 or steps_done == num_steps:
-                    postfix = {"loss": f"{sum(losses[-10:]) / len(losses[-10:]):.3f}"}
-                    if validation_accuracy is not None:
-                        postfix["val_acc"] = f"{validation_accuracy:.2f}"
-                    progress.set_postfix(postfix)
-                if validation_accuracy is not None and validation_accuracy >= target_accuracy:
-                    progress.close()
-                    message = (
-                        f"Base model pretraining stopped early, as intended, at step {steps_done} of {num_steps}: "
-                        f"validation accuracy {validation_accuracy:.2f} reached the target {target_accuracy}."
-                    )
-                    if show_progress:
-                        tqdm.write(message)
-                    logger.info(message)
-                    break
-    finally:
-        torch.set_num_threads(threads)
+    with _one_torch_thread(), private_rng(settings["seed"]):
+        progress = tqdm(range(num_steps), desc="Pretraining base model", disable=not show_progress)
+        for step in progress:
+            batch = _collate(examples[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            steps_done = step + 1
+            if target_accuracy is not None and steps_done % settings["eval_every"] == 0:
+                validation_accuracy = evaluate_accuracy(model, tokenizer, validation).accuracy
+            if steps_done % 10 == 0 or steps_done == num_steps:
+                postfix = {"loss": f"{sum(losses[-10:]) / len(losses[-10:]):.3f}"}
+                if validation_accuracy is not None:
+                    postfix["val_acc"] = f"{validation_accuracy:.2f}"
+                progress.set_postfix(postfix)
+            if validation_accuracy is not None and validation_accuracy >= target_accuracy:
+                progress.close()
+                message = (
+                    f"Base model pretraining stopped early, as intended, at step {steps_done} of {num_steps}: "
+                    f"validation accuracy {validation_accuracy:.2f} reached the target {target_accuracy}."
+                )
+                if show_progress:
+                    tqdm.write(message)
+                logger.info(message)
+                break
+
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return {
