@@ -27,6 +27,7 @@ comparison resumes. Not part of CI: each run is a few minutes on 2 CPU cores (se
 
 import argparse
 import json
+import operator
 import statistics
 import sys
 import time
@@ -75,10 +76,11 @@ VARIANTS = {
 PREMISE = (
     ("base", "easy", ">=", 0.30),
     ("base", "hard", "<=", 0.05),
-    ("sft", "hard", "lift >=", 0.15),
-    ("grpo", "easy", "lift >=", 0.05),
-    ("grpo", "hard", "lift <", 0.05),
+    ("sft", "hard", ">=", 0.15),
+    ("grpo", "easy", ">=", 0.05),
+    ("grpo", "hard", "<", 0.05),
 )
+COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 LEVELS = {"easy": EASY_DIFFICULTY, "hard": HARD_DIFFICULTY}
 
 
@@ -128,7 +130,10 @@ def dynamics(metrics_path: Path) -> dict:
 
 
 def train_run(variant: str, seed: int, learning_rate: str, output_dir: Path, extra: list[str]) -> float:
-    """Train one run through train.py's main(); returns its wall-clock seconds (0 when it had finished already)."""
+    """
+    Train one run through train.py's main(); returns its wall-clock seconds (only the remaining steps' when it resumed
+    from a checkpoint, a few seconds when it had finished already).
+    """
     method, settings = VARIANTS[variant]
     parser = train_script.make_parser()
     arguments = parser.parse_args_and_config(
@@ -143,8 +148,8 @@ def train_run(variant: str, seed: int, learning_rate: str, output_dir: Path, ext
     return time.perf_counter() - start
 
 
-def run(variant: str, seed: int, learning_rate: str, output_dir: Path, extra: list[str], args) -> dict:
-    seconds = train_run(variant, seed, learning_rate, output_dir, extra)
+def run(variant: str, seed: int, learning_rate: str, output_dir: Path, args: argparse.Namespace) -> dict:
+    seconds = train_run(variant, seed, learning_rate, output_dir, args.extra)
     return {
         "method": variant,
         "seed": seed,
@@ -177,15 +182,14 @@ def premise_checks(base: dict, final: dict[str, list[dict]]) -> list[tuple[str, 
     checks = []
     for row, level, comparison, threshold in PREMISE:
         if row == "base":
-            value = base[level]
+            value, name = base[level], f"{row} {level} {comparison} {threshold}"
         elif final.get(row):
             value = statistics.mean(r["held_out"][level] for r in final[row]) - base[level]
+            name = f"{row} {level} lift {comparison} {threshold}"
         else:
             continue
-        holds = {">=": value >= threshold, "<=": value <= threshold, "lift >=": value >= threshold}.get(
-            comparison, value < threshold
-        )
-        checks.append((f"{row} {level} {comparison} {threshold}", value, holds))
+        holds = COMPARISONS[comparison](value, threshold)
+        checks.append((name, value, holds))
     return checks
 
 
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
             return
         print(f"== {method}, seed {seed}, learning rate {rate}", file=sys.stderr, flush=True)
         folder = output_dir / f"{method}-lr{rate}-seed{seed}"
-        results.append(run(method, seed, rate, folder, args.extra, args))
+        results.append(run(method, seed, rate, folder, args))
         save()
 
     # The base, scored first: the premise is checked before any method is trained on it.
