@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hpt_testing import load_benchmark
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +29,8 @@ NUM_PAPER_GPUS = 8
 
 @functools.cache
 def _compare_methods():
-    """benchmarks/compare_methods.py, loaded as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "benchmarks" / "compare_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/compare_methods.py, loaded once as a module."""
+    return load_benchmark("compare_methods")
 
 
 def _toolkit_variants() -> dict:

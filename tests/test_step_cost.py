@@ -1,29 +1,21 @@
 """benchmarks/step_cost.py, run end to end in CI size: each configuration in its own subprocess, as from the shell."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
+
+from hpt_testing import load_benchmark
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
 NUM_PROMPTS, NUM_GENERATIONS, MAX_COMPLETION_LENGTH = 4, 4, 16
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_step_cost_gates_as_asked_and_counts_only_the_rows_in_the_loss(tmp_path, capsys):
     argv = ["--steps", "2", "--shares", "0", "100", "--hidden_size", "32", "--num_prompts", str(NUM_PROMPTS)]
     argv += ["--num_generations", str(NUM_GENERATIONS), "--max_completion_length", str(MAX_COMPLETION_LENGTH)]
     argv += ["--hpt_gammas", "-1", "0", "--json", str(tmp_path / "cost.json")]
-    results = load_benchmark().main(argv)
+    results = load_benchmark("step_cost").main(argv)
     table = capsys.readouterr().out
 
     for share in (0, 100):
