@@ -35,8 +35,8 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from hpt_trl import HPTConfig, HPTTrainer
 from hpt_trl.builtin_task.demo import (
-    BUILTIN_DATASET,
-    BUILTIN_MODEL,
+    BUILTIN_MODELS,
+    BUILTIN_TASKS,
     ArithmeticTaskArguments,
     HeldOutAccuracyCallback,
     heldout_accuracy,
@@ -105,13 +105,23 @@ def is_finished(training_args: HPTConfig, state: TrainerState) -> bool:
 
 def check_model_name(script_args: HPTScriptArguments, model_args: ModelConfig) -> ModelConfig:
     """A run needs `model_name_or_path`; the built-in task brings its own base model when the recipe names none."""
+    task_of_model = BUILTIN_MODELS.get(model_args.model_name_or_path)
+    if task_of_model is not None and task_of_model != script_args.dataset_name:
+        raise ValueError(
+            f"model_name_or_path {model_args.model_name_or_path} is the base model of the built-in task {task_of_model}, "
+            f"but dataset_name is {script_args.dataset_name}: a built-in base is pretrained for its own task. Pass "
+            f"--model_name_or_path {script_args.dataset_name}-base"
+            + ("" if script_args.dataset_name in BUILTIN_TASKS else f" or --dataset_name {task_of_model}")
+            + "."
+        )
     if model_args.model_name_or_path:
         return model_args
-    if script_args.dataset_name == BUILTIN_DATASET:
-        return replace(model_args, model_name_or_path=BUILTIN_MODEL)
+    if script_args.dataset_name in BUILTIN_TASKS:
+        return replace(model_args, model_name_or_path=f"{script_args.dataset_name}-base")
     raise ValueError(
         "model_name_or_path is not set: set `model_name_or_path` in the recipe or pass --model_name_or_path (a Hub "
-        f"model id such as Qwen/Qwen2.5-Math-7B, or a local model folder). The built-in demo uses {BUILTIN_MODEL}."
+        "model id such as Qwen/Qwen2.5-Math-7B, or a local model folder). The built-in demo uses "
+        f"{next(iter(BUILTIN_MODELS))}."
     )
 
 
@@ -191,18 +201,22 @@ def train(
     elif checkpoint is not None:
         logger.info(f"Resuming from {Path(checkpoint).name} (step {state.global_step}): {checkpoint}")
     set_seed(training_args.seed)
-    builtin_task = script_args.dataset_name == BUILTIN_DATASET
+    builtin_task = script_args.dataset_name in BUILTIN_TASKS
     if builtin_task and task_args.task_num_threads:
         torch.set_num_threads(task_args.task_num_threads)
-    if model_args.model_name_or_path == BUILTIN_MODEL:
-        model_args = replace(model_args, model_name_or_path=task_args.base_model())
+    if model_args.model_name_or_path in BUILTIN_MODELS:
+        model_args = replace(
+            model_args, model_name_or_path=task_args.base_model(BUILTIN_MODELS[model_args.model_name_or_path])
+        )
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
     if builtin_task:
-        train_dataset, eval_dataset = task_args.datasets(seed=training_args.seed)
+        train_dataset, eval_dataset = task_args.datasets(
+            seed=training_args.seed, dataset_name=script_args.dataset_name
+        )
     else:
         train_dataset, eval_dataset = load_hpt_dataset(**script_args.loader_kwargs(), tokenizer=tokenizer), None
     reward_funcs = get_reward_funcs(script_args.reward_funcs)

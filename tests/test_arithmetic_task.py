@@ -296,6 +296,26 @@ def test_get_base_model_caches(tmp_path, monkeypatch):
         get_base_model(tmp_path, seed=1, show_progress=False, **TINY_BASE)
 
 
+def test_the_default_settings_use_the_shipped_base(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("pretrained although the base ships")
+
+    monkeypatch.setattr(base_model, "_pretrain", no_training)
+    # The shipped base was pretrained with today's defaults: a change of the defaults or of the cache version must
+    # ship a new one (or the demo pretrains again, on each machine its own base).
+    assert base_model.shipped_base_settings() == base_model_settings()
+    path = get_base_model(tmp_path, show_progress=False)
+    assert path == base_model.SHIPPED_BASE and not list(tmp_path.iterdir())
+    model, tokenizer = load_base_model(path)
+    assert model.config.hidden_size == base_model.DEFAULT_MODEL_KWARGS["hidden_size"]
+    assert tokenizer.get_vocab() == build_char_tokenizer().get_vocab()
+    # Any other setting, or use_shipped=False, pretrains.
+    with pytest.raises(AssertionError, match="pretrained although"):
+        get_base_model(tmp_path, seed=1, show_progress=False)
+    with pytest.raises(AssertionError, match="pretrained although"):
+        get_base_model(tmp_path, use_shipped=False, show_progress=False)
+
+
 def test_pretraining_stops_at_the_target_accuracy(tmp_path):
     settings = {**TINY_BASE, "num_steps": 5, "num_validation": 4}
     # Any model reaches 0% accuracy, so the first check (after one step) stops training.

@@ -8,13 +8,15 @@ import re
 import pytest
 from hpt_testing import load_benchmark
 
+from hpt_trl.builtin_task.base_model import SHIPPED_BASE
+
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory):
-    # The demo's real base model (default settings), pretrained once for this module.
+    # Empty: the demo's real base model (default settings) ships; another base would be pretrained here.
     return tmp_path_factory.mktemp("base-cache")
 
 
@@ -61,7 +63,12 @@ def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path,
         assert tried[chosen] == max(tried.values())
         assert [r["learning_rate"] for r in results if r["method"] == method and r["seed"] == 1] == [chosen]
         assert f"| {method} | {chosen} |" in printed
+    # Every row says which base it started from and where it ran.
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["base"]["fingerprint"] == benchmark.base_fingerprint(SHIPPED_BASE)
+    assert saved["base"]["task"] == "builtin:arithmetic"
     for row in results:
+        assert row["machine"] == benchmark.machine()
         assert set(row["held_out"]) == {"easy", "hard", "greedy", "pass@1", "pass@4", "pass@16"}
         assert 0.0 <= row["held_out"]["pass@1"] <= row["held_out"]["pass@4"] <= row["held_out"]["pass@16"] <= 1.0
         assert row["sft_ratio"][0] == (1.0 if row["method"] == "sft" else 0.0)
@@ -76,6 +83,30 @@ def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path,
     assert capsys.readouterr().out.endswith(summary)
     with pytest.raises(ValueError, match="overrides"):
         benchmark.main([*argv, "--", *reduced(base_cache), "--gamma", "1"])
+    # Runs from another base are not comparable: the results file refuses them.
+    saved["base"]["fingerprint"] = "0" * 16
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="another base model"):
+        benchmark.main([*argv, "--", *reduced(base_cache)])
+
+
+def test_the_second_task_runs_through_the_same_comparison(tmp_path, capsys):
+    benchmark = load_benchmark("compare_methods")
+    # A lookup base of a few steps: this checks the task goes through train.py and the scoring, not its premise.
+    argv = ["--task", "builtin:lookup", "--methods", "sft", "--learning_rates", "1e-3", "--seeds", "0"]
+    argv += ["--num_eval", "8", "--num_sampled", "4", "--output_dir", str(tmp_path)]
+    tiny_base = ["--base_model_max_steps", "3", "--base_model_target_accuracy", "-1"]
+    outcome = benchmark.main([*argv, "--", *reduced(tmp_path / "cache"), *tiny_base])
+    (row,) = outcome["final"]["sft"]
+    assert outcome["chosen"] == {"sft": "1e-3"} and row["learning_rate"] == "1e-3"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["base"]["task"] == "builtin:lookup"
+    # The one base pretrained is the lookup task's, and the runs started from it.
+    (base_dir,) = (tmp_path / "cache").iterdir()
+    assert json.loads((base_dir / "base_model_settings.json").read_text())["task"] == {"num_symbols": 10}
+    assert saved["base"]["fingerprint"] == benchmark.base_fingerprint(base_dir)
+    assert "Held-out accuracy on builtin:lookup" in capsys.readouterr().out
+    assert set(row["held_out"]) == {"easy", "hard", "greedy", "pass@1", "pass@4", "pass@16"}
 
 
 def test_the_setting_is_chosen_on_validation_accuracy_only():
@@ -84,6 +115,7 @@ def test_the_setting_is_chosen_on_validation_accuracy_only():
         {"method": "hpt", "seed": 0, "learning_rate": rate, "validation": {"greedy": v}, "held_out": {"greedy": h}}
         for rate, v, h in (("1e-4", 0.2, 0.9), ("3e-4", 0.5, 0.1), ("1e-3", 0.4, 0.5), ("3e-3", 0.0, 0.6))
     ]
-    assert benchmark.chosen_setting(runs, "hpt", tuning_seed=0) == "3e-4"
+    assert benchmark.chosen_setting(runs, "hpt", tuning_seed=0, learning_rates=("1e-4", "3e-4", "1e-3")) == "3e-4"
+    assert benchmark.chosen_setting(runs, "hpt", tuning_seed=0, learning_rates=("1e-4", "3e-3")) == "1e-4"
     assert benchmark.chosen_setting(runs[:2], "hpt", tuning_seed=0) is None  # not all of the budget run yet
     assert benchmark.chosen_setting(runs, "hpt", tuning_seed=1) is None

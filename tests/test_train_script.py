@@ -184,6 +184,12 @@ def test_a_recipe_without_model_name_or_path_names_the_field(tiny_model_dir, tmp
     script_args, _, model_args, _ = args
     script_args.dataset_name = "builtin:arithmetic"  # the built-in task brings its own base model
     assert script.check_model_name(script_args, model_args).model_name_or_path == "builtin:arithmetic-base"
+    script_args.dataset_name = "builtin:lookup"
+    assert script.check_model_name(script_args, model_args).model_name_or_path == "builtin:lookup-base"
+    # A built-in base is pretrained for its own task: another task's base is refused, with the flag to pass.
+    model_args.model_name_or_path = "builtin:arithmetic-base"
+    with pytest.raises(ValueError, match="base model of the built-in task builtin:arithmetic.*builtin:lookup-base"):
+        script.check_model_name(script_args, model_args)
 
 
 @pytest.mark.parametrize(

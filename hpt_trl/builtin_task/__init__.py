@@ -1,7 +1,9 @@
 """
-The built-in task behind the offline demo: multi-step arithmetic with worked demonstrations (`arithmetic_task`), a tiny
-Qwen2 model and byte-level chat tokenizer built locally (`tiny_model`), its pretrained base model (`base_model`), and
-the demo's recipe arguments, held-out accuracy callback and training-dynamics figure (`demo`).
+The built-in tasks behind the offline demo: multi-step arithmetic with worked demonstrations (`arithmetic_task`, the
+demo's) and pointer following through a table (`lookup_task`, a second skill for the comparison), a tiny Qwen2 model
+and byte-level chat tokenizer built locally (`tiny_model`), their pretrained base models (`base_model`; the
+arithmetic one ships in `pretrained_base/`), and the demo's recipe arguments, held-out accuracy callback and
+training-dynamics figure (`demo`).
 
 `train.py`, the benchmarks, the tests and the notebook use it; the library (trainer, data, rewards, evaluation) never
 imports it, so it can be left out or replaced without touching HPT.

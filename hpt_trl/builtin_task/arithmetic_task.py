@@ -86,6 +86,36 @@ class TaskSpec:
         if self.max_value < 1 or self.max_step < 1:
             raise ValueError(f"max_value and max_step must be at least 1, got {self.max_value} and {self.max_step}")
 
+    def sample_problem(self, rng: random.Random, difficulty: int = 1) -> "ChainProblem":
+        """One problem with `difficulty` operations (see [`sample_problem`])."""
+        return sample_problem(rng, difficulty, self)
+
+    def pretraining_example(self, rng: random.Random, line_completion: bool) -> tuple[str, str, str] | None:
+        """
+        One pretraining example of the base model as `(question, completion_prefix, target)`, with a fresh filler:
+        an easy problem in full, or a line completion, the second line of a two-step chain given up to its `=` after
+        the first line answered (`37+8=kq` -> `37+8=45\n45-19=` + `26\n\boxed{26}`). None when the draw touches a
+        problem outside the training split (the caller draws again).
+        """
+        if line_completion:
+            # The second line of a hard training problem whose first line is an easy training problem: the hard
+            # problem itself is never asked.
+            chain = sample_problem(rng, HARD_DIFFICULTY, self)
+            first_line, second_line, _ = chain.demonstration.split("\n")
+            first_expression = first_line.split("=")[0]
+            if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_expression) != TRAIN_SPLIT:
+                return None
+            second_start, value = second_line.split("=")
+            return (
+                render_question(first_expression, rng),
+                f"{first_line}\n{second_start}=",
+                f"{value}\n\\boxed{{{value}}}",
+            )
+        problem = sample_problem(rng, EASY_DIFFICULTY, self)
+        if split_of(problem.expression) != TRAIN_SPLIT:
+            return None
+        return render_question(problem.expression, rng), "", problem.demonstration
+
 
 # The built-in task: additions and subtractions.
 ARITHMETIC = TaskSpec("+-", max_value=59, max_step=19)
@@ -107,7 +137,7 @@ _MAX_DRAWS_PER_PROBLEM = 1000
 
 
 @dataclass(frozen=True)
-class ArithmeticProblem:
+class ChainProblem:
     """
     One arithmetic problem.
 
@@ -156,9 +186,7 @@ def render_question(expression: str, rng: random.Random | None = None) -> str:
     return f"{expression}={filler}"
 
 
-def sample_problem(
-    rng: random.Random, difficulty: int = EASY_DIFFICULTY, task: TaskSpec = ARITHMETIC
-) -> ArithmeticProblem:
+def sample_problem(rng: random.Random, difficulty: int = EASY_DIFFICULTY, task: TaskSpec = ARITHMETIC) -> ChainProblem:
     """
     Draw one problem with `difficulty` operations of `task`: the first operand uniform in `[0, task.max_value]`, each
     later operation and operand (in `[1, task.max_step]`) redrawn until every intermediate result lies in
@@ -190,7 +218,7 @@ def sample_problem(
         expression += f"{op}{operand}"
         value = result
     demonstration = "\n".join(steps) + f"\n\\boxed{{{value}}}"
-    return ArithmeticProblem(
+    return ChainProblem(
         expression=expression,
         question=render_question(expression),
         demonstration=demonstration,
@@ -226,7 +254,7 @@ def generate_problems(
     seed: int = 0,
     split: str = TRAIN_SPLIT,
     task: TaskSpec = ARITHMETIC,
-) -> list[ArithmeticProblem]:
+) -> list[ChainProblem]:
     """
     Generate problems of one split, deterministically for `seed`.
 
@@ -256,7 +284,7 @@ def generate_problems(
         for _ in range(count * _MAX_DRAWS_PER_PROBLEM):
             if taken == count:
                 break
-            problem = sample_problem(rng, level, task)
+            problem = task.sample_problem(rng, level)
             if split_of(problem.expression) != split or (distinct and problem.expression in seen):
                 continue
             seen.add(problem.expression)
@@ -271,7 +299,7 @@ def generate_problems(
     return problems
 
 
-def problems_to_dataset(problems: list[ArithmeticProblem]) -> Dataset:
+def problems_to_dataset(problems: list[ChainProblem]) -> Dataset:
     """
     Convert problems to a conversational `Dataset` with columns `prompt` (a single user message), `demonstration`
     (the worked solution, the SFT target), `solution` (the answer as a string, for the reward) and `difficulty`.

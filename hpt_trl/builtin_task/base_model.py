@@ -21,6 +21,13 @@ skill (easy 0.43 -> 0.14) and taught no hard problem.
 The model is saved with `save_pretrained` so it loads like any Hub checkpoint. The folder name carries a hash of
 every setting that changes the weights, so a second call with the same settings loads the cached base instead of
 training again, and different settings never share a folder.
+
+The base with the default settings ships with the package (`pretrained_base/`, 1 MB, made by this module's
+pretraining): a matrix product rounds differently on another CPU or with other library builds, and over hundreds of
+steps that moves the stop step and every figure after it. The same code and torch 2.13.0 stopped at step 475 on the
+machine of the first comparison and at step 550 on an AVX2 machine a few days later (which of the CPU and the
+library versions made the difference was not isolated). With the shipped base every machine starts the demo and the
+comparison from the same weights, without the minutes of pretraining; `use_shipped=False` pretrains it here instead.
 """
 
 import dataclasses
@@ -45,18 +52,14 @@ from ..rng import private_rng
 from .arithmetic_task import (
     ARITHMETIC,
     EASY_DIFFICULTY,
-    HARD_DIFFICULTY,
-    TRAIN_SPLIT,
     VALIDATION_SPLIT,
     TaskSpec,
     evaluate_accuracy,
     generate_problems,
     problems_to_dataset,
     prompt_ids,
-    render_question,
-    sample_problem,
-    split_of,
 )
+from .lookup_task import LookupTask
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -65,6 +68,8 @@ logger = logging.getLogger(__name__)
 # Bump when the training recipe changes in a way the settings do not capture, so stale caches are not reused.
 _CACHE_VERSION = 3
 _SETTINGS_FILE = "base_model_settings.json"
+# The base with the default settings, pretrained once and shipped (see the module docstring).
+SHIPPED_BASE = Path(__file__).with_name("pretrained_base")
 
 # Four narrow layers learned two-digit addition in fewer CPU-seconds than two wider ones: after 600 steps (~85 s on
 # one core) 64 x 4 was at 54% easy accuracy where 128 x 2 (~110 s) was below 10%, both with the same seed and data.
@@ -79,7 +84,7 @@ DEFAULT_MODEL_KWARGS = {
 
 def base_model_settings(
     seed: int = 0,
-    task: TaskSpec = ARITHMETIC,
+    task: "TaskSpec | LookupTask" = ARITHMETIC,
     line_completion_fraction: float = 0.3,
     num_steps: int = 1000,
     schedule_steps: int = 1500,
@@ -98,8 +103,8 @@ def base_model_settings(
     Args:
         seed (`int`, *optional*, defaults to `0`):
             Seed of the initial weights and of the training examples.
-        task ([`~hpt_trl.builtin_task.arithmetic_task.TaskSpec`], *optional*, defaults to `ARITHMETIC`):
-            The task whose easy problems the base is pretrained on.
+        task ([`~hpt_trl.builtin_task.arithmetic_task.TaskSpec`] or [`~hpt_trl.builtin_task.lookup_task.LookupTask`], *optional*, defaults to `ARITHMETIC`):
+            The task whose easy problems (and line completions) the base is pretrained on.
         line_completion_fraction (`float`, *optional*, defaults to `0.3`):
             Share of line-completion examples (see the module docstring); the rest are easy problems in full.
         num_steps (`int`, *optional*, defaults to `1000`):
@@ -160,6 +165,14 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def task_from_settings(task: dict) -> TaskSpec | LookupTask:
+    """The task of a settings dict (`dataclasses.asdict` of it): the task type whose fields those are."""
+    for task_type in (TaskSpec, LookupTask):
+        if set(task) == {field.name for field in dataclasses.fields(task_type)}:
+            return task_type(**task)
+    raise ValueError(f"no built-in task has the fields {sorted(task)}")
+
+
 def _cache_path(cache_dir: str | Path, settings: dict) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return Path(cache_dir) / f"base-{key}"
@@ -190,31 +203,13 @@ def pretraining_examples(settings: dict, num_examples: int) -> list[tuple[str, s
     seed: easy training-split problems in full, and line completions (see the module docstring), each with a fresh
     filler.
     """
-    task = TaskSpec(**settings["task"])
+    task = task_from_settings(settings["task"])
     rng = random.Random(f"pretraining-{settings['seed']}")
     examples = []
     while len(examples) < num_examples:
-        if rng.random() < settings["line_completion_fraction"]:
-            # The second line of a hard training problem whose first line is an easy training problem: the hard
-            # problem itself is never asked.
-            chain = sample_problem(rng, HARD_DIFFICULTY, task)
-            first_line, second_line, _ = chain.demonstration.split("\n")
-            first_expression = first_line.split("=")[0]
-            if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_expression) != TRAIN_SPLIT:
-                continue
-            second_start, value = second_line.split("=")
-            examples.append(
-                (
-                    render_question(first_expression, rng),
-                    f"{first_line}\n{second_start}=",
-                    f"{value}\n\\boxed{{{value}}}",
-                )
-            )
-        else:
-            problem = sample_problem(rng, EASY_DIFFICULTY, task)
-            if split_of(problem.expression) != TRAIN_SPLIT:
-                continue
-            examples.append((render_question(problem.expression, rng), "", problem.demonstration))
+        example = task.pretraining_example(rng, line_completion=rng.random() < settings["line_completion_fraction"])
+        if example is not None:
+            examples.append(example)
     return examples
 
 
@@ -250,7 +245,7 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
             EASY_DIFFICULTY,
             seed=settings["seed"],
             split=VALIDATION_SPLIT,
-            task=TaskSpec(**settings["task"]),
+            task=task_from_settings(settings["task"]),
         )
     )
     examples = [_encode(tokenizer, *example) for example in pretraining_examples(settings, num_steps * batch_size)]
@@ -306,7 +301,13 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     }
 
 
-def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **settings) -> Path:
+def shipped_base_settings() -> dict:
+    """The settings the shipped base was pretrained with (the keys of [`base_model_settings`] only)."""
+    recorded = json.loads((SHIPPED_BASE / _SETTINGS_FILE).read_text())
+    return {key: recorded[key] for key in base_model_settings() if key in recorded}
+
+
+def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, use_shipped: bool = True, **settings) -> Path:
     """
     Return the folder of the base model for these settings, pretraining it first unless it is already cached.
 
@@ -319,8 +320,9 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **setti
     and a box, right only by chance.
 
     With the defaults (measured on one thread of a 2-core CPU, the other core busy; 400 held-out problems per level),
-    seeds 0, 1, 2 stopped after 475, 550, 400 steps (106-138 s) and solve 70%, 62%, 67% of easy and 1.0%, 1.8%, 3.3%
-    of hard problems (greedy).
+    seeds 0, 1, 2 stopped after 475, 550, 400 steps (106-138 s) and solve 70%, 62%, 67% of easy and 1.0%, 1.8%, 3.3% of
+    hard problems (greedy). The shipped base (seed 0, pretrained on another 2-core machine, AVX2) stopped after 550
+    steps (195 s) and solves 63.5% of easy and 2.5% of hard problems.
 
     Args:
         cache_dir (`str` or `Path`):
@@ -330,6 +332,9 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **setti
             default there.
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar while pretraining. Not part of the cache key.
+        use_shipped (`bool`, *optional*, defaults to `True`):
+            Return the shipped base ([`SHIPPED_BASE`]) when the settings are the ones it was pretrained with, instead
+            of pretraining on this machine (whose rounding gives other weights).
 
     Returns:
         `Path`: a folder with the model and tokenizer, loadable with `from_pretrained` (or [`load_base_model`]) and
@@ -337,6 +342,9 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, **setti
         number of steps run and the last validation accuracy.
     """
     settings = base_model_settings(**settings)
+    if use_shipped and settings == shipped_base_settings():
+        logger.info("Using the shipped base model %s", SHIPPED_BASE)
+        return SHIPPED_BASE
     path = _cache_path(cache_dir, settings)
     if (path / _SETTINGS_FILE).is_file():
         logger.info("Loading cached base model from %s", path)

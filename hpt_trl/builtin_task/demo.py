@@ -1,9 +1,10 @@
 """
-The offline demo: the built-in arithmetic task and base model behind `train.py`'s default recipe, and what it
-records (held-out accuracy during training, the training-dynamics figure drawn from the run's `metrics.jsonl`).
+The offline demo: the built-in tasks and base models behind `train.py`'s default recipe, and what it records
+(held-out accuracy during training, the training-dynamics figure drawn from the run's `metrics.jsonl`).
 
-A recipe selects the task with `dataset_name: builtin:arithmetic` and the pretrained base with
-`model_name_or_path: builtin:arithmetic-base`; everything else goes through the same `main()` as the paper recipes.
+A recipe selects a task with `dataset_name: builtin:arithmetic` (the demo's) or `builtin:lookup` (the second task, of
+another skill), and its pretrained base with `model_name_or_path: builtin:arithmetic-base` or `builtin:lookup-base`;
+everything else goes through the same `main()` as the paper recipes.
 """
 
 import json
@@ -15,6 +16,7 @@ from transformers import TrainerCallback
 
 from ..evaluation.callback import log_at_step
 from .arithmetic_task import (
+    ARITHMETIC,
     EASY_DIFFICULTY,
     HARD_DIFFICULTY,
     HELD_OUT_SPLIT,
@@ -23,10 +25,15 @@ from .arithmetic_task import (
     make_arithmetic_datasets,
 )
 from .base_model import get_base_model
+from .lookup_task import LOOKUP
 
 
 logger = logging.getLogger(__name__)
 
+# The built-in tasks by dataset name, and the base model of each: `<dataset name>-base`.
+BUILTIN_TASKS = {"builtin:arithmetic": ARITHMETIC, "builtin:lookup": LOOKUP}
+BUILTIN_MODELS = {f"{name}-base": name for name in BUILTIN_TASKS}
+# The demo's.
 BUILTIN_DATASET = "builtin:arithmetic"
 BUILTIN_MODEL = "builtin:arithmetic-base"
 
@@ -34,7 +41,7 @@ BUILTIN_MODEL = "builtin:arithmetic-base"
 @dataclass
 class ArithmeticTaskArguments:
     r"""
-    Options of the built-in arithmetic task, used when `dataset_name` is `builtin:arithmetic` (ignored otherwise).
+    Options of the built-in tasks, used when `dataset_name` is one of `BUILTIN_TASKS` (ignored otherwise).
 
     Parameters:
         task_num_train (`int`, *optional*, defaults to `4000`):
@@ -55,6 +62,10 @@ class ArithmeticTaskArguments:
         base_model_target_accuracy (`float`, *optional*, defaults to `0.6`):
             Stop pretraining once the base's greedy accuracy on easy validation problems reaches this; `-1` trains
             for exactly `base_model_max_steps`.
+        base_model_shipped (`bool`, *optional*, defaults to `True`):
+            Use the base model shipped with the package when the base settings are its own (the defaults), so every
+            machine starts from the same weights; `False` pretrains it on this machine (a few minutes; another CPU
+            rounds otherwise and gives another base).
         heldout_eval_steps (`int`, *optional*, defaults to `10`):
             Greedy held-out accuracy is measured every this many steps (and before and after training); `0` only
             before and after.
@@ -79,6 +90,9 @@ class ArithmeticTaskArguments:
     base_model_target_accuracy: float = field(
         default=0.6, metadata={"help": "Stop pretraining at this validation accuracy (-1: run all steps)."}
     )
+    base_model_shipped: bool = field(
+        default=True, metadata={"help": "Use the shipped base model (false: pretrain it on this machine)."}
+    )
     heldout_eval_steps: int = field(default=10, metadata={"help": "Held-out accuracy every N steps (0: ends only)."})
     task_num_threads: int = field(default=1, metadata={"help": "torch CPU threads (0: torch's default)."})
     plot: bool = field(default=True, metadata={"help": "Write training_dynamics.png at the end."})
@@ -96,7 +110,8 @@ class ArithmeticTaskArguments:
         if self.heldout_eval_steps < 0:
             raise ValueError(f"heldout_eval_steps must be >= 0, got {self.heldout_eval_steps}.")
 
-    def datasets(self, seed: int):
+    def datasets(self, seed: int, dataset_name: str = BUILTIN_DATASET):
+        """The training and evaluation sets of the built-in task `dataset_name`."""
         mixture = {EASY_DIFFICULTY: 1.0 - self.task_hard_fraction, HARD_DIFFICULTY: self.task_hard_fraction}
         mixture = {level: share for level, share in mixture.items() if share > 0}
         return make_arithmetic_datasets(
@@ -105,15 +120,19 @@ class ArithmeticTaskArguments:
             mixture,
             seed=seed,
             eval_split=self.task_eval_split,
+            task=BUILTIN_TASKS[dataset_name],
         )
 
-    def base_model(self) -> str:
+    def base_model(self, dataset_name: str = BUILTIN_DATASET) -> str:
+        """The folder of the base model of the built-in task `dataset_name` (pretrained first unless cached)."""
         target = None if self.base_model_target_accuracy < 0 else self.base_model_target_accuracy
         path = get_base_model(
             self.base_model_cache,
             seed=self.base_model_seed,
+            task=BUILTIN_TASKS[dataset_name],
             num_steps=self.base_model_max_steps,
             target_accuracy=target,
+            use_shipped=self.base_model_shipped,
         )
         return str(path)
 
