@@ -1,7 +1,8 @@
 """
-HPT against the paper's baselines on the built-in arithmetic task: premise checks, equal tuning, then seeds.
+HPT against the paper's baselines on a built-in task: premise checks, equal tuning, then seeds.
 
-    OMP_NUM_THREADS=2 python benchmarks/compare_methods.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/compare_methods.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/compare_methods.py --task builtin:lookup --results outputs/lookup.json
 
 1. **The premise.** Before any method is compared, the base model's greedy accuracy on the held-out easy and hard
    problems is measured, and after the runs the SFT and GRPO rows are checked against what the paper's claim
@@ -15,14 +16,18 @@ HPT against the paper's baselines on the built-in arithmetic task: premise check
    the best validation accuracy is the method's; the table prints it.
 3. **The comparison.** The chosen setting of every method is trained with every seed and scored on the held-out
    split: greedy accuracy on `--num_eval` problems per level (easy, hard, and their mean), and pass@k for k = 1, 4, 16
-   from 16 samples at temperature 1 on the first `--num_sampled` of them, as mean and standard deviation over seeds; with the training dynamics of the paper's figure (the share of
-   prompts sent to SFT, policy entropy and response length, first and last tenth of training), and
+   from 16 samples at temperature 1 on the first `--num_sampled` of them, as mean and standard deviation over seeds;
+   with the training dynamics of the paper's figure (the share of prompts sent to SFT, policy entropy and response
+   length, first and last tenth of training), and
    `accuracy_vs_step.png` (validation accuracy during training, mean over seeds).
 
 Every run is `train.py`'s `main()` on `recipes/toy_hpt.yaml` with `--method` and the variant's settings: same task,
 base model, data, seed and optimizer steps; only the gate, the demonstration's loss and the learning rate differ.
 Results are written to `--results` after every run, and a rerun skips the runs already there, so a stopped
-comparison resumes. Not part of CI: each run is a few minutes on 2 CPU cores (see the README for the measured time).
+comparison resumes. The results file holds a hash of the base model's weights and refuses runs from another base
+(another task, or a base pretrained with other settings or on another machine), and every run records the CPU it ran
+on: the same seed rounds differently on another vector unit, so runs from two machines are two draws, not one. Not part
+of CI: each run is several minutes on one CPU core (see the README for the measured time).
 """
 
 import argparse

@@ -43,6 +43,7 @@ import random
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -139,11 +140,11 @@ _MAX_DRAWS_PER_PROBLEM = 1000
 @dataclass(frozen=True)
 class ChainProblem:
     """
-    One arithmetic problem.
+    One problem of a built-in task: a chain of steps, one demonstration line each.
 
     Args:
         expression (`str`):
-            The expression without spaces, e.g. `"37+8-19"`.
+            What the problem asks, without its filler, e.g. `"37+8-19"`; its hash fixes the split.
         question (`str`):
             The user prompt: the expression, `=` and the problem's filler, e.g. `"37+8-19=kqzv"`.
         demonstration (`str`):
@@ -159,6 +160,16 @@ class ChainProblem:
     demonstration: str
     answer: int
     difficulty: int
+
+
+class ChainTask(Protocol):
+    """What a built-in task provides ([`TaskSpec`] here, `LookupTask` in `lookup_task`)."""
+
+    def sample_problem(self, rng: random.Random, difficulty: int) -> ChainProblem:
+        """One problem of `difficulty` steps, a deterministic function of `rng`'s state."""
+
+    def pretraining_example(self, rng: random.Random, line_completion: bool) -> tuple[str, str, str] | None:
+        """One base-model pretraining example `(question, completion_prefix, target)`, None to draw again."""
 
 
 def _digest(text: str) -> int:
@@ -253,7 +264,7 @@ def generate_problems(
     difficulty: int | Mapping[int, float] = EASY_DIFFICULTY,
     seed: int = 0,
     split: str = TRAIN_SPLIT,
-    task: TaskSpec = ARITHMETIC,
+    task: ChainTask = ARITHMETIC,
 ) -> list[ChainProblem]:
     """
     Generate problems of one split, deterministically for `seed`.
@@ -270,8 +281,8 @@ def generate_problems(
             `"train"`, `"validation"` or `"held_out"`. Validation and held-out problems are distinct from each other
             (repeats would weight some problems twice in an accuracy); training problems are i.i.d. draws and may
             repeat when the level has few distinct problems.
-        task ([`TaskSpec`], *optional*, defaults to `ARITHMETIC`):
-            Operations and ranges.
+        task ([`ChainTask`], *optional*, defaults to `ARITHMETIC`):
+            The task: a [`TaskSpec`] (operations and ranges) or `lookup_task.LOOKUP`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -321,7 +332,7 @@ def make_arithmetic_datasets(
     seed: int = 0,
     eval_seed: int = DEFAULT_EVAL_SEED,
     eval_split: str = HELD_OUT_SPLIT,
-    task: TaskSpec = ARITHMETIC,
+    task: ChainTask = ARITHMETIC,
 ) -> tuple[Dataset, Dataset]:
     """
     Build the training and evaluation datasets of the arithmetic task.
@@ -341,8 +352,8 @@ def make_arithmetic_datasets(
             problems.
         eval_split (`str`, *optional*, defaults to `"held_out"`):
             `"held_out"` to report, `"validation"` to choose settings on.
-        task ([`TaskSpec`], *optional*, defaults to `ARITHMETIC`):
-            Operations and ranges.
+        task ([`ChainTask`], *optional*, defaults to `ARITHMETIC`):
+            The task: a [`TaskSpec`] (operations and ranges) or `lookup_task.LOOKUP`.
 
     Returns:
         `tuple[Dataset, Dataset]`: the training and evaluation datasets, with columns `prompt`, `demonstration`,

@@ -24,7 +24,7 @@ training again, and different settings never share a folder.
 
 The base with the default settings ships with the package (`pretrained_base/`, 1 MB, made by this module's
 pretraining): a matrix product rounds differently on another CPU or with other library builds, and over hundreds of
-steps that moves the stop step and every figure after it. The same code and torch 2.13.0 stopped at step 475 on the
+steps that moves the stop step and every figure after it. The same code stopped at step 475 on the
 machine of the first comparison and at step 550 on an AVX2 machine a few days later (which of the CPU and the
 library versions made the difference was not isolated). With the shipped base every machine starts the demo and the
 comparison from the same weights, without the minutes of pretraining; `use_shipped=False` pretrains it here instead.

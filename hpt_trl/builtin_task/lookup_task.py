@@ -22,6 +22,15 @@ line itself, so RL on a hard prompt has no correct rollout while a demonstration
 
 Problems belong to the splits of `arithmetic_task` (a hash of the question), and are drawn, turned into datasets and
 graded by its functions: pass `task=LOOKUP` to them.
+
+**Not yet a task with the paper's premise**: the default base recipe does not learn the skill. Measured (one thread,
+1000 pretraining steps of batch 64, greedy on 200 held-out problems per level): with 10 digits the base stayed at
+chance, easy 0.09 and hard 0.095 (validation 0.11 at the end, loss flat at 0.475 from step ~265), writing `3>3` for
+every question; at learning rate 1e-3 the loss was still 0.478 at step 660; with 5 digits easy 0.23 and hard 0.18
+(chance 1/4); with half of the examples taken from the arithmetic task, the base learned to copy the start digit and
+the boxed answer (loss 0 on those tokens) but not to find the entry (easy 0.10, hard 0.075). The missing piece is
+retrieval by a two-token match (`6>` among digits that each stand twice in the table), which the tiny model did not
+find in 1000 steps. `benchmarks/compare_methods.py --task builtin:lookup` prints these premise checks as FAIL.
 """
 
 import random
