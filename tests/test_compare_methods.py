@@ -63,6 +63,9 @@ def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path,
         assert tried[chosen] == max(tried.values())
         assert [r["learning_rate"] for r in results if r["method"] == method and r["seed"] == 1] == [chosen]
         assert f"| {method} | {chosen} |" in printed
+        # The tuning table: the method's validation accuracy at each rate, the chosen one in bold.
+        cells = [f"**{tried[r]:.3f}**" if r == chosen else f"{tried[r]:.3f}" for r in ("1e-3", "1e-4")]
+        assert f"| {method} | {' | '.join(cells)} |" in printed
     # Every row says which base it started from and where it ran.
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["base"]["fingerprint"] == benchmark.base_fingerprint(SHIPPED_BASE)
