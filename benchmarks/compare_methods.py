@@ -194,14 +194,21 @@ def run(variant: str, seed: int, learning_rate: str, output_dir: Path, args: arg
     }
 
 
+def tuning_scores(results: list[dict], method: str, tuning_seed: int) -> dict[str, float]:
+    """Validation greedy accuracy of each learning rate `method` was run with at the tuning seed."""
+    return {
+        r["learning_rate"]: r["validation"]["greedy"]
+        for r in results
+        if (r["method"], r["seed"]) == (method, tuning_seed)
+    }
+
+
 def chosen_setting(
     results: list[dict], method: str, tuning_seed: int, learning_rates: tuple[str, ...] = LEARNING_RATES
 ) -> str | None:
     """The learning rate of `learning_rates` with the best validation accuracy at the tuning seed (None until all ran)."""
     tried = {
-        r["learning_rate"]: r["validation"]["greedy"]
-        for r in results
-        if (r["method"], r["seed"]) == (method, tuning_seed) and r["learning_rate"] in learning_rates
+        rate: value for rate, value in tuning_scores(results, method, tuning_seed).items() if rate in learning_rates
     }
     if set(tried) != set(learning_rates):
         return None
@@ -259,11 +266,7 @@ def tuning_table(results: list[dict], chosen: dict[str, str], tuning_seed: int, 
     """Validation greedy accuracy of every method and learning rate at the tuning seed, the chosen one in bold."""
     lines = ["| method | " + " | ".join(learning_rates) + " |", "| --- |" + " --- |" * len(learning_rates)]
     for method, rate_chosen in chosen.items():
-        tried = {
-            r["learning_rate"]: r["validation"]["greedy"]
-            for r in results
-            if (r["method"], r["seed"]) == (method, tuning_seed)
-        }
+        tried = tuning_scores(results, method, tuning_seed)
         cells = [
             "-" if rate not in tried else f"**{tried[rate]:.3f}**" if rate == rate_chosen else f"{tried[rate]:.3f}"
             for rate in learning_rates
