@@ -125,6 +125,18 @@ def check_model_name(script_args: HPTScriptArguments, model_args: ModelConfig) -
     )
 
 
+def check_completion_budget(training_args: HPTConfig, tokenizer, train_dataset, dataset_name: str) -> None:
+    """A built-in task's answer ends its demonstration: a rollout budget shorter than the longest one cuts it off."""
+    lengths = tokenizer(list(train_dataset["demonstration"]), add_special_tokens=False)["input_ids"]
+    longest = max(len(ids) for ids in lengths) + 1  # the EOS the trainer appends
+    if training_args.max_completion_length < longest:
+        raise ValueError(
+            f"max_completion_length={training_args.max_completion_length} is shorter than the longest demonstration "
+            f"of {dataset_name} ({longest} tokens with EOS), so a rollout of that length is cut before its boxed "
+            f"answer. Pass --max_completion_length {longest} or more."
+        )
+
+
 def main(
     script_args: HPTScriptArguments,
     training_args: HPTConfig,
@@ -217,6 +229,7 @@ def train(
         train_dataset, eval_dataset = task_args.datasets(
             seed=training_args.seed, dataset_name=script_args.dataset_name
         )
+        check_completion_budget(training_args, tokenizer, train_dataset, script_args.dataset_name)
     else:
         train_dataset, eval_dataset = load_hpt_dataset(**script_args.loader_kwargs(), tokenizer=tokenizer), None
     reward_funcs = get_reward_funcs(script_args.reward_funcs)

@@ -192,6 +192,24 @@ def test_a_recipe_without_model_name_or_path_names_the_field(tiny_model_dir, tmp
         script.check_model_name(script_args, model_args)
 
 
+def test_a_completion_budget_shorter_than_the_built_in_demonstrations_names_the_field(tmp_path, monkeypatch):
+    # The demo recipe's 40 tokens hold the arithmetic task's demonstrations (29 with EOS), not the rearrangement
+    # task's (49): the run stops before the trainer is built, naming the option and the length to pass.
+    script, args = parse(
+        "--config", str(ROOT / "recipes" / "toy_hpt.yaml"), "--output_dir", str(tmp_path / "out"),
+        "--dataset_name", "builtin:rearrange", "--model_name_or_path", "builtin:rearrange-base",
+        "--task_num_train", "200",
+    )  # fmt: skip
+    monkeypatch.setattr(script, "HPTTrainer", None)  # reaching the trainer would fail with another error
+    with pytest.raises(ValueError, match=r"max_completion_length=40 is shorter .* builtin:rearrange \(49 tokens"):
+        script.main(*args)
+    with pytest.raises(ValueError, match="Pass --max_completion_length 49 or more"):
+        script.main(*args)
+    args[1].max_completion_length = 49
+    with pytest.raises(TypeError):  # past the check: the trainer (None here) is called
+        script.main(*args)
+
+
 @pytest.mark.parametrize(
     ("option", "flag"),
     [

@@ -163,7 +163,7 @@ class ChainProblem:
 
 
 class ChainTask(Protocol):
-    """What a built-in task provides ([`TaskSpec`] here, `LookupTask` in `lookup_task`)."""
+    """What a built-in task provides ([`TaskSpec`] here, `RearrangeTask` and `LookupTask` in their modules)."""
 
     def sample_problem(self, rng: random.Random, difficulty: int) -> ChainProblem:
         """One problem of `difficulty` steps, a deterministic function of `rng`'s state."""
@@ -282,7 +282,7 @@ def generate_problems(
             (repeats would weight some problems twice in an accuracy); training problems are i.i.d. draws and may
             repeat when the level has few distinct problems.
         task ([`ChainTask`], *optional*, defaults to `ARITHMETIC`):
-            The task: a [`TaskSpec`] (operations and ranges) or `lookup_task.LOOKUP`.
+            The task: a [`TaskSpec`] (operations and ranges), `rearrange_task.REARRANGE` or `lookup_task.LOOKUP`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -353,7 +353,7 @@ def make_arithmetic_datasets(
         eval_split (`str`, *optional*, defaults to `"held_out"`):
             `"held_out"` to report, `"validation"` to choose settings on.
         task ([`ChainTask`], *optional*, defaults to `ARITHMETIC`):
-            The task: a [`TaskSpec`] (operations and ranges) or `lookup_task.LOOKUP`.
+            The task: a [`TaskSpec`] (operations and ranges), `rearrange_task.REARRANGE` or `lookup_task.LOOKUP`.
 
     Returns:
         `tuple[Dataset, Dataset]`: the training and evaluation datasets, with columns `prompt`, `demonstration`,

@@ -23,11 +23,12 @@ every setting that changes the weights, so a second call with the same settings 
 training again, and different settings never share a folder.
 
 The base with the default settings ships with the package (`pretrained_base/`, 1 MB, made by this module's
-pretraining): a matrix product rounds differently on another CPU or with other library builds, and over hundreds of
-steps that moves the stop step and every figure after it. The same code stopped at step 475 on the
-machine of the first comparison and at step 550 on an AVX2 machine a few days later (which of the CPU and the
-library versions made the difference was not isolated). With the shipped base every machine starts the demo and the
-comparison from the same weights, without the minutes of pretraining; `use_shipped=False` pretrains it here instead.
+pretraining; the rearrangement task's, with the same settings, in `pretrained_base_rearrange/`): a matrix product
+rounds differently on another CPU or with other library builds, and over hundreds of steps that moves the stop step and
+every figure after it. The same code stopped at step 475 on the machine of the first comparison and at step 550 on an
+AVX2 machine a few days later (which of the CPU and the library versions made the difference was not isolated). With
+the shipped base every machine starts the demo and the comparison from the same weights, without the minutes of
+pretraining; `use_shipped=False` pretrains it here instead.
 """
 
 import dataclasses
@@ -60,6 +61,7 @@ from .arithmetic_task import (
     prompt_ids,
 )
 from .lookup_task import LookupTask
+from .rearrange_task import RearrangeTask
 from .tiny_model import build_char_tokenizer, build_tiny_qwen2
 
 
@@ -68,8 +70,10 @@ logger = logging.getLogger(__name__)
 # Bump when the training recipe changes in a way the settings do not capture, so stale caches are not reused.
 _CACHE_VERSION = 3
 _SETTINGS_FILE = "base_model_settings.json"
-# The base with the default settings, pretrained once and shipped (see the module docstring).
+# The bases with the default settings, pretrained once and shipped (see the module docstring): the arithmetic task's
+# (the demo's) and the rearrangement task's.
 SHIPPED_BASE = Path(__file__).with_name("pretrained_base")
+SHIPPED_BASES = (SHIPPED_BASE, Path(__file__).with_name("pretrained_base_rearrange"))
 
 # Four narrow layers learned two-digit addition in fewer CPU-seconds than two wider ones: after 600 steps (~85 s on
 # one core) 64 x 4 was at 54% easy accuracy where 128 x 2 (~110 s) was below 10%, both with the same seed and data.
@@ -84,7 +88,7 @@ DEFAULT_MODEL_KWARGS = {
 
 def base_model_settings(
     seed: int = 0,
-    task: "TaskSpec | LookupTask" = ARITHMETIC,
+    task: "TaskSpec | LookupTask | RearrangeTask" = ARITHMETIC,
     line_completion_fraction: float = 0.3,
     num_steps: int = 1000,
     schedule_steps: int = 1500,
@@ -103,7 +107,7 @@ def base_model_settings(
     Args:
         seed (`int`, *optional*, defaults to `0`):
             Seed of the initial weights and of the training examples.
-        task ([`~hpt_trl.builtin_task.arithmetic_task.TaskSpec`] or [`~hpt_trl.builtin_task.lookup_task.LookupTask`], *optional*, defaults to `ARITHMETIC`):
+        task ([`~hpt_trl.builtin_task.arithmetic_task.ChainTask`], *optional*, defaults to `ARITHMETIC`):
             The task whose easy problems (and line completions) the base is pretrained on.
         line_completion_fraction (`float`, *optional*, defaults to `0.3`):
             Share of line-completion examples (see the module docstring); the rest are easy problems in full.
@@ -165,9 +169,9 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def task_from_settings(task: dict) -> TaskSpec | LookupTask:
+def task_from_settings(task: dict) -> TaskSpec | LookupTask | RearrangeTask:
     """The task of a settings dict (`dataclasses.asdict` of it): the task type whose fields those are."""
-    for task_type in (TaskSpec, LookupTask):
+    for task_type in (TaskSpec, LookupTask, RearrangeTask):
         if set(task) == {field.name for field in dataclasses.fields(task_type)}:
             return task_type(**task)
     raise ValueError(f"no built-in task has the fields {sorted(task)}")
@@ -301,9 +305,9 @@ def _pretrain(settings: dict, output_dir: Path, show_progress: bool = True) -> d
     }
 
 
-def shipped_base_settings() -> dict:
-    """The settings the shipped base was pretrained with (the keys of [`base_model_settings`] only)."""
-    recorded = json.loads((SHIPPED_BASE / _SETTINGS_FILE).read_text())
+def shipped_base_settings(folder: Path = SHIPPED_BASE) -> dict:
+    """The settings a shipped base (a folder of [`SHIPPED_BASES`]) was pretrained with (the keys of its settings)."""
+    recorded = json.loads((folder / _SETTINGS_FILE).read_text())
     return {key: recorded[key] for key in base_model_settings() if key in recorded}
 
 
@@ -333,8 +337,8 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, use_shi
         show_progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar while pretraining. Not part of the cache key.
         use_shipped (`bool`, *optional*, defaults to `True`):
-            Return the shipped base ([`SHIPPED_BASE`]) when the settings are the ones it was pretrained with, instead
-            of pretraining on this machine (whose rounding gives other weights).
+            Return a shipped base (of [`SHIPPED_BASES`]) when the settings are the ones it was pretrained with,
+            instead of pretraining on this machine (whose rounding gives other weights).
 
     Returns:
         `Path`: a folder with the model and tokenizer, loadable with `from_pretrained` (or [`load_base_model`]) and
@@ -342,9 +346,10 @@ def get_base_model(cache_dir: str | Path, *, show_progress: bool = True, use_shi
         number of steps run and the last validation accuracy.
     """
     settings = base_model_settings(**settings)
-    if use_shipped and settings == shipped_base_settings():
-        logger.info("Using the shipped base model %s", SHIPPED_BASE)
-        return SHIPPED_BASE
+    for folder in SHIPPED_BASES if use_shipped else ():
+        if settings == shipped_base_settings(folder):
+            logger.info("Using the shipped base model %s", folder)
+            return folder
     path = _cache_path(cache_dir, settings)
     if (path / _SETTINGS_FILE).is_file():
         logger.info("Loading cached base model from %s", path)

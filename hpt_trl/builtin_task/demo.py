@@ -2,9 +2,10 @@
 The offline demo: the built-in tasks and base models behind `train.py`'s default recipe, and what it records
 (held-out accuracy during training, the training-dynamics figure drawn from the run's `metrics.jsonl`).
 
-A recipe selects a task with `dataset_name: builtin:arithmetic` (the demo's) or `builtin:lookup` (the second task, of
-another skill), and its pretrained base with `model_name_or_path: builtin:arithmetic-base` or `builtin:lookup-base`;
-everything else goes through the same `main()` as the paper recipes.
+A recipe selects a task with `dataset_name: builtin:arithmetic` (the demo's), `builtin:rearrange` (the second task of
+the comparison, another skill) or `builtin:lookup` (a candidate whose base never learned its skill), and its pretrained
+base with `model_name_or_path: <dataset name>-base`; everything else goes through the same `main()` as the paper
+recipes.
 """
 
 import json
@@ -26,12 +27,13 @@ from .arithmetic_task import (
 )
 from .base_model import get_base_model
 from .lookup_task import LOOKUP
+from .rearrange_task import REARRANGE
 
 
 logger = logging.getLogger(__name__)
 
 # The built-in tasks by dataset name, and the base model of each: `<dataset name>-base`.
-BUILTIN_TASKS = {"builtin:arithmetic": ARITHMETIC, "builtin:lookup": LOOKUP}
+BUILTIN_TASKS = {"builtin:arithmetic": ARITHMETIC, "builtin:rearrange": REARRANGE, "builtin:lookup": LOOKUP}
 BUILTIN_MODELS = {f"{name}-base": name for name in BUILTIN_TASKS}
 # The demo's.
 BUILTIN_DATASET = "builtin:arithmetic"

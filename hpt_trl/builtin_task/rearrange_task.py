@@ -1,0 +1,116 @@
+r"""A second built-in task of another skill: rearranging the digits of a short string by named moves.
+
+The arithmetic task's skill is computing (two-digit addition with carries). This one's is copying symbols into new
+positions: the question gives a string of digits and one or more moves, and each line of a demonstration applies one
+move to the string of the line before (the question's string for the first line):
+
+    question:       "3841|RS"                                    (the string, then the moves in order)
+    demonstration:  "R(3841)=1483\nS(1483)=4831\n\boxed{4831}"
+    solution:       "4831"
+
+The moves: `R` reverses the string, `S` rotates it left by one, `W` swaps the digits of each pair. Difficulty is the
+number of moves:
+
+    difficulty 1 (easy):  "3841|R",   1 line,  "R(3841)=1483\n\boxed{1483}"
+    difficulty 2 (hard):  "3841|RS",  2 lines, as above
+
+The digits are 1-9 (a leading zero would grade `0483` equal to `483`), and the two moves of a chain differ (`RR` and
+`WW` are the identity). No two-move chain equals a single move, so a hard problem stopped after its first line is
+wrong unless digits repeat. Every line of a hard demonstration is an easy problem of the string the line carries, so
+the premise is the arithmetic task's in another skill: the base model (pretrained on easy questions and on completing
+a second line given its start, as `base_model` does for arithmetic) has every step a hard problem needs but never
+writes the second line itself; RL on a hard prompt then has no correct rollout, while a demonstration shows the
+missing behaviour.
+
+Problems belong to the splits of `arithmetic_task` (a hash of the question), and are drawn, turned into datasets and
+graded by its functions: pass `task=REARRANGE` to them.
+"""
+
+import random
+from dataclasses import dataclass
+
+from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, TRAIN_SPLIT, ChainProblem, split_of
+
+
+# What each move does to a string.
+MOVES = {
+    "R": lambda text: text[::-1],
+    "S": lambda text: text[1:] + text[:1],
+    "W": lambda text: "".join(text[i : i + 2][::-1] for i in range(0, len(text), 2)),
+}
+
+
+@dataclass(frozen=True)
+class RearrangeTask:
+    """
+    A rearrangement task: strings of `length` digits (1-9), rearranged by one or more moves of `moves`.
+
+    Args:
+        length (`int`, *optional*, defaults to `6`):
+            Digits in the question's string, all different (2 to 9).
+        moves (`str`, *optional*, defaults to `"RSW"`):
+            Move letters of `MOVES`; consecutive moves of a chain differ.
+    """
+
+    length: int = 6
+    moves: str = "RSW"
+
+    def __post_init__(self):
+        if not 2 <= self.length <= 9:
+            raise ValueError(f"length must be between 2 and 9 (distinct digits), got {self.length}")
+        unknown = sorted(set(self.moves) - set(MOVES))
+        if len(set(self.moves)) < 2 or unknown:
+            raise ValueError(f"moves must be at least two distinct letters of {''.join(MOVES)}, got {self.moves!r}")
+
+    def _problem(self, text: str, moves: str) -> ChainProblem:
+        question = f"{text}|{moves}"
+        lines = []
+        for move in moves:
+            result = MOVES[move](text)
+            lines.append(f"{move}({text})={result}")
+            text = result
+        return ChainProblem(
+            expression=question,
+            question=question,
+            demonstration="\n".join(lines) + f"\n\\boxed{{{text}}}",
+            answer=int(text),
+            difficulty=len(moves),
+        )
+
+    def _draw(self, rng: random.Random, difficulty: int) -> tuple[str, str]:
+        text = "".join(rng.sample("123456789", self.length))
+        moves = [rng.choice(self.moves)]
+        for _ in range(difficulty - 1):
+            moves.append(rng.choice([move for move in self.moves if move != moves[-1]]))
+        return text, "".join(moves)
+
+    def sample_problem(self, rng: random.Random, difficulty: int = EASY_DIFFICULTY) -> ChainProblem:
+        """One problem: a fresh string and `difficulty` moves."""
+        if difficulty < 1:
+            raise ValueError(f"difficulty must be a positive number of moves, got {difficulty}")
+        return self._problem(*self._draw(rng, difficulty))
+
+    def pretraining_example(self, rng: random.Random, line_completion: bool) -> tuple[str, str, str] | None:
+        """
+        One pretraining example of the base model as `(question, completion_prefix, target)`: an easy problem in
+        full, or a line completion, the easy question of a two-move chain's first move with the completion given up
+        to the second line's `=` (`3841|R` -> `R(3841)=1483\\nS(1483)=` + `4831\\n\\boxed{4831}`). None when the draw
+        touches a problem outside the training split (the caller draws again).
+        """
+        if not line_completion:
+            problem = self.sample_problem(rng, EASY_DIFFICULTY)
+            if split_of(problem.expression) != TRAIN_SPLIT:
+                return None
+            return problem.question, "", problem.demonstration
+        text, moves = self._draw(rng, HARD_DIFFICULTY)
+        chain, first_step = self._problem(text, moves), self._problem(text, moves[0])
+        # The hard problem itself is never asked, and neither is a validation or held-out question.
+        if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_step.expression) != TRAIN_SPLIT:
+            return None
+        first_line, second_line, _ = chain.demonstration.split("\n")
+        second_start, value = second_line.split("=")
+        return first_step.question, f"{first_line}\n{second_start}=", f"{value}\n\\boxed{{{value}}}"
+
+
+# The built-in rearrangement task: six different digits, three moves.
+REARRANGE = RearrangeTask()
