@@ -30,8 +30,9 @@ every question; at learning rate 1e-3 the loss was still 0.478 at step 660; with
 (chance 1/4); with half of the examples taken from the arithmetic task, the base learned to copy the start digit and
 the boxed answer (loss 0 on those tokens) but not to find the entry (easy 0.10, hard 0.075). The missing piece is
 retrieval by a two-token match (`6>` among digits that each stand twice in the table), which the tiny model did not
-find in 1000 steps. `benchmarks/compare_methods.py --task builtin:lookup` prints these premise checks as FAIL. The comparison's second
-task is `rearrange_task`, whose skill (copying digits into new positions) the same base recipe learns.
+find in 1000 steps. `benchmarks/compare_methods.py --task builtin:lookup` prints these premise checks as FAIL. The
+comparison's second task is `rearrange_task`, whose skill (copying digits into new positions) the same base recipe
+learns.
 """
 
 import random

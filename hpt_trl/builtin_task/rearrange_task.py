@@ -1,26 +1,32 @@
-r"""A second built-in task of another skill: rearranging the digits of a short string by named moves.
+r"""The comparison's second built-in task, of another skill: rearranging six digits by named moves.
 
 The arithmetic task's skill is computing (two-digit addition with carries). This one's is copying symbols into new
 positions: the question gives a string of digits and one or more moves, and each line of a demonstration applies one
 move to the string of the line before (the question's string for the first line):
 
-    question:       "3841|RS"                                    (the string, then the moves in order)
-    demonstration:  "R(3841)=1483\nS(1483)=4831\n\boxed{4831}"
-    solution:       "4831"
+    question:       "365812|RS"                                        (the string, then the moves in order)
+    demonstration:  "R(365812)=218563\nS(218563)=185632\n\boxed{185632}"
+    solution:       "185632"
 
 The moves: `R` reverses the string, `S` rotates it left by one, `W` swaps the digits of each pair. Difficulty is the
 number of moves:
 
-    difficulty 1 (easy):  "3841|R",   1 line,  "R(3841)=1483\n\boxed{1483}"
-    difficulty 2 (hard):  "3841|RS",  2 lines, as above
+    difficulty 1 (easy):  "365812|R",   1 line,  "R(365812)=218563\n\boxed{218563}"
+    difficulty 2 (hard):  "365812|RS",  2 lines, as above
 
-The digits are 1-9 (a leading zero would grade `0483` equal to `483`), and the two moves of a chain differ (`RR` and
-`WW` are the identity). No two-move chain equals a single move, so a hard problem stopped after its first line is
-wrong unless digits repeat. Every line of a hard demonstration is an easy problem of the string the line carries, so
-the premise is the arithmetic task's in another skill: the base model (pretrained on easy questions and on completing
-a second line given its start, as `base_model` does for arithmetic) has every step a hard problem needs but never
-writes the second line itself; RL on a hard prompt then has no correct rollout, while a demonstration shows the
-missing behaviour.
+The digits are six different ones of 1-9 (a zero would grade `048` equal to `48`; a repeated digit would let a wrong
+move give the right string), and the two moves of a chain differ (`RR` and `WW` are the identity). No two-move chain
+equals a single move, so a hard problem stopped after its first line is always wrong. Every line of a hard
+demonstration is an easy problem of the string the line carries, so the premise is the arithmetic task's in another
+skill: the base model (pretrained on easy questions and on completing a second line given its start, as `base_model`
+does for arithmetic) has every step a hard problem needs but never writes the second line itself; RL on a hard prompt
+then has no correct rollout, while a demonstration shows the missing behaviour.
+
+The base with `base_model`'s default settings (shipped in `pretrained_base_rearrange/`) stopped at step 575 of 1000
+(validation 0.71) and solves 61% of the held-out easy and 0.5% of the hard problems (greedy, 200 each). A 4-digit
+version with repeated digits allowed was learned too fast for the stop rule (step 200, easy 0.86) and was right on 6%
+of the hard problems by coincidence. A hard demonstration is 49 tokens with EOS, more than the demo recipe's
+`max_completion_length` of 40: `train.py` says so, and `benchmarks/compare_methods.py` passes 56.
 
 Problems belong to the splits of `arithmetic_task` (a hash of the question), and are drawn, turned into datasets and
 graded by its functions: pass `task=REARRANGE` to them.
@@ -94,8 +100,8 @@ class RearrangeTask:
         """
         One pretraining example of the base model as `(question, completion_prefix, target)`: an easy problem in
         full, or a line completion, the easy question of a two-move chain's first move with the completion given up
-        to the second line's `=` (`3841|R` -> `R(3841)=1483\\nS(1483)=` + `4831\\n\\boxed{4831}`). None when the draw
-        touches a problem outside the training split (the caller draws again).
+        to the second line's `=` (`365812|R` -> `R(365812)=218563\\nS(218563)=` + `185632\\n\\boxed{185632}`).
+        None when the draw touches a problem outside the training split (the caller draws again).
         """
         if not line_completion:
             problem = self.sample_problem(rng, EASY_DIFFICULTY)
