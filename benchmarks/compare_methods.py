@@ -22,9 +22,8 @@ HPT against the paper's baselines on a built-in task: premise checks, equal tuni
    length, first and last tenth of training), and
    `accuracy_vs_step.png` (validation accuracy during training, mean over seeds).
 
-Every run is `train.py`'s `main()` on `recipes/toy_hpt.yaml` with `--method`, the variant's settings and the task's
-(`TASK_ARGUMENTS`): same task, base model, data, seed and optimizer steps; only the gate, the demonstration's loss and
-the learning rate differ.
+Every run is `train.py`'s `main()` on `recipes/toy_hpt.yaml` with `--method` and the variant's settings: same task,
+base model, data, seed and optimizer steps; only the gate, the demonstration's loss and the learning rate differ.
 Results are written to `--results` after every run, and a rerun skips the runs already there, so a stopped
 comparison resumes. The results file holds a hash of the base model's weights and refuses runs from another base
 (another task, or a base pretrained with other settings or on another machine), and every run records the CPU it ran
@@ -96,9 +95,6 @@ COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 LEVELS = {"easy": EASY_DIFFICULTY, "hard": HARD_DIFFICULTY}
 # The built-in task a comparison runs on (a dataset name of `BUILTIN_TASKS`), and its base model.
 DEFAULT_TASK = "builtin:arithmetic"
-# What a task changes in the recipe: a rearrangement demonstration is 49 tokens with EOS (six-digit strings written out
-# on each line), over the arithmetic recipe's 40; 56 leaves the margin the arithmetic task has over its 29.
-TASK_ARGUMENTS = {"builtin:rearrange": ["--max_completion_length", "56"]}
 
 
 def evaluation_sets(split: str, num_per_level: int, task: str = DEFAULT_TASK) -> dict[str, object]:
@@ -178,8 +174,7 @@ def train_run(
         + ["--learning_rate", learning_rate, "--output_dir", str(output_dir), "--plot", "false"]
         # The curve during training is measured on the validation split: the held-out split is scored once, at the
         # end, by `score`.
-        + ["--task_eval_split", VALIDATION_SPLIT, "--disable_tqdm", "true", *TASK_ARGUMENTS.get(task, [])]
-        + [*settings, *extra]
+        + ["--task_eval_split", VALIDATION_SPLIT, "--disable_tqdm", "true", *settings, *extra]
     )
     start = time.perf_counter()
     train_script.main(*arguments)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,19 +194,20 @@ def test_a_recipe_without_model_name_or_path_names_the_field(tiny_model_dir, tmp
 
 
 def test_a_completion_budget_shorter_than_the_built_in_demonstrations_names_the_field(tmp_path, monkeypatch):
-    # The demo recipe's 40 tokens hold the arithmetic task's demonstrations (29 with EOS), not the rearrangement
-    # task's (49): the run stops before the trainer is built, naming the option and the length to pass.
+    # A rollout budget below the longest demonstration (a hard one, with EOS) cuts its boxed answer off: the run stops
+    # before the trainer is built, naming the option and the length to pass.
     script, args = parse(
         "--config", str(ROOT / "recipes" / "toy_hpt.yaml"), "--output_dir", str(tmp_path / "out"),
-        "--dataset_name", "builtin:rearrange", "--model_name_or_path", "builtin:rearrange-base",
-        "--task_num_train", "200",
+        "--max_completion_length", "12", "--task_num_train", "200",
     )  # fmt: skip
     monkeypatch.setattr(script, "HPTTrainer", None)  # reaching the trainer would fail with another error
-    with pytest.raises(ValueError, match=r"max_completion_length=40 is shorter .* builtin:rearrange \(49 tokens"):
+    with pytest.raises(ValueError, match=r"max_completion_length=12 is shorter .* of builtin:arithmetic") as error:
         script.main(*args)
-    with pytest.raises(ValueError, match="Pass --max_completion_length 49 or more"):
-        script.main(*args)
-    args[1].max_completion_length = 49
+    longest = int(re.search(r"\((\d+) tokens with EOS\)", str(error.value)).group(1))
+    hard_demonstration = "37+8=45\n45-19=26\n\\boxed{26}"  # characters are tokens in the built-in tokenizer
+    assert longest >= len(hard_demonstration) + 1
+    assert f"Pass --max_completion_length {longest} or more" in str(error.value)
+    args[1].max_completion_length = longest
     with pytest.raises(TypeError):  # past the check: the trainer (None here) is called
         script.main(*args)
 

@@ -1,32 +1,35 @@
 r"""The comparison's second built-in task, of another skill: rearranging six digits by named moves.
 
 The arithmetic task's skill is computing (two-digit addition with carries). This one's is copying symbols into new
-positions: the question gives a string of digits and one or more moves, and each line of a demonstration applies one
+positions: the question gives one or more moves and a string of digits, and each line of a demonstration applies one
 move to the string of the line before (the question's string for the first line):
 
-    question:       "365812|RS"                                        (the string, then the moves in order)
-    demonstration:  "R(365812)=218563\nS(218563)=185632\n\boxed{185632}"
+    question:       "RS|365812"                              (the moves in order, then the string)
+    demonstration:  "R:218563\nS:185632\n\boxed{185632}"
     solution:       "185632"
 
 The moves: `R` reverses the string, `S` rotates it left by one, `W` swaps the digits of each pair. Difficulty is the
 number of moves:
 
-    difficulty 1 (easy):  "365812|R",   1 line,  "R(365812)=218563\n\boxed{218563}"
-    difficulty 2 (hard):  "365812|RS",  2 lines, as above
+    difficulty 1 (easy):  "R|365812",   1 line,  "R:218563\n\boxed{218563}"
+    difficulty 2 (hard):  "RS|365812",  2 lines, as above
 
 The digits are six different ones of 1-9 (a zero would grade `048` equal to `48`; a repeated digit would let a wrong
 move give the right string), and the two moves of a chain differ (`RR` and `WW` are the identity). No two-move chain
-equals a single move, so a hard problem stopped after its first line is always wrong. Every line of a hard
-demonstration is an easy problem of the string the line carries, so the premise is the arithmetic task's in another
-skill: the base model (pretrained on easy questions and on completing a second line given its start, as `base_model`
-does for arithmetic) has every step a hard problem needs but never writes the second line itself; RL on a hard prompt
-then has no correct rollout, while a demonstration shows the missing behaviour.
+equals a single move, so a hard problem stopped after its first line is always wrong. The moves come first, so the
+string ends every question and the first move starts it, at the places an easy question has them: the first line of a
+hard demonstration is an easy problem, and the second applies a move to the line before, which the base model is
+pretrained on (easy questions, and completing a second line given its move, as `base_model` does for arithmetic). What
+the base never does is write a second line itself; RL on a hard prompt then has no correct rollout, while a
+demonstration shows the missing behaviour: the move letter to copy from the question.
 
-The base with `base_model`'s default settings (shipped in `pretrained_base_rearrange/`) stopped at step 575 of 1000
-(validation 0.71) and solves 61% of the held-out easy and 0.5% of the hard problems (greedy, 200 each). A 4-digit
-version with repeated digits allowed was learned too fast for the stop rule (step 200, easy 0.86) and was right on 6%
-of the hard problems by coincidence. A hard demonstration is 49 tokens with EOS, more than the demo recipe's
-`max_completion_length` of 40: `train.py` says so, and `benchmarks/compare_methods.py` passes 56.
+The base with `base_model`'s default settings (shipped in `pretrained_base_rearrange/`) stopped at step 650 of 1000
+(validation 0.84) and solves 83% of the held-out easy problems and none of the hard ones (greedy, 200 each). Two
+earlier layouts were measured and dropped: four digits with repeats allowed were learned too fast for the stop rule
+(step 200, easy 0.86), and 6% of the hard problems came out right by coincidence; with the string first and each line
+written out (`365812|RS` -> `R(365812)=218563\nS(218563)=185632`, 49 tokens, over the demo recipe's 40), SFT at 1e-3
+taught no hard problem in 300 steps (validation hard 0.01): its second lines miscopied the six digits they start
+with, which the base had only ever been given.
 
 Problems belong to the splits of `arithmetic_task` (a hash of the question), and are drawn, turned into datasets and
 graded by its functions: pass `task=REARRANGE` to them.
@@ -69,12 +72,11 @@ class RearrangeTask:
             raise ValueError(f"moves must be at least two distinct letters of {''.join(MOVES)}, got {self.moves!r}")
 
     def _problem(self, text: str, moves: str) -> ChainProblem:
-        question = f"{text}|{moves}"
+        question = f"{moves}|{text}"
         lines = []
         for move in moves:
-            result = MOVES[move](text)
-            lines.append(f"{move}({text})={result}")
-            text = result
+            text = MOVES[move](text)
+            lines.append(f"{move}:{text}")
         return ChainProblem(
             expression=question,
             question=question,
@@ -100,8 +102,8 @@ class RearrangeTask:
         """
         One pretraining example of the base model as `(question, completion_prefix, target)`: an easy problem in
         full, or a line completion, the easy question of a two-move chain's first move with the completion given up
-        to the second line's `=` (`365812|R` -> `R(365812)=218563\\nS(218563)=` + `185632\\n\\boxed{185632}`).
-        None when the draw touches a problem outside the training split (the caller draws again).
+        to the second line's move (`R|365812` -> `R:218563\\nS:` + `185632\\n\\boxed{185632}`). None when the draw
+        touches a problem outside the training split (the caller draws again).
         """
         if not line_completion:
             problem = self.sample_problem(rng, EASY_DIFFICULTY)
@@ -114,8 +116,8 @@ class RearrangeTask:
         if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_step.expression) != TRAIN_SPLIT:
             return None
         first_line, second_line, _ = chain.demonstration.split("\n")
-        second_start, value = second_line.split("=")
-        return first_step.question, f"{first_line}\n{second_start}=", f"{value}\n\\boxed{{{value}}}"
+        second_move, value = second_line.split(":")
+        return first_step.question, f"{first_line}\n{second_move}:", f"{value}\n\\boxed{{{value}}}"
 
 
 # The built-in rearrangement task: six different digits, three moves.
