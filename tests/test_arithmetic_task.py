@@ -24,6 +24,8 @@ from hpt_trl.builtin_task.arithmetic_task import (
     split_of,
 )
 from hpt_trl.builtin_task.base_model import base_model_path, base_model_settings, get_base_model, load_base_model
+from hpt_trl.builtin_task.lookup_task import LOOKUP
+from hpt_trl.builtin_task.rearrange_task import REARRANGE
 from hpt_trl.builtin_task.tiny_model import build_char_tokenizer, build_tiny_qwen2
 from hpt_trl.verification import verify_answer
 
@@ -81,6 +83,17 @@ def test_the_three_splits_are_disjoint(difficulty):
     assert {split_of(e) for e in train_expressions} == {"train"}
     with pytest.raises(ValueError, match="eval_split"):
         make_arithmetic_datasets(10, 10, eval_split="train")
+
+
+@pytest.mark.parametrize("task", [LOOKUP, REARRANGE], ids=["lookup", "rearrange"])
+def test_the_other_tasks_use_the_same_three_splits(task):
+    sets = {
+        split: [p.question for p in generate_problems(60, {1: 0.5, 2: 0.5}, split=split, task=task)]
+        for split in ("train", "validation", "held_out")
+    }
+    assert all(split_of(question) == split for split, questions in sets.items() for question in questions)
+    assert len(set(sets["validation"])) == len(sets["validation"]) == 60
+    assert not set(sets["train"]) & set(sets["held_out"]) and not set(sets["train"]) & set(sets["validation"])
 
 
 def test_held_out_set_too_large_for_the_level_raises():

@@ -74,16 +74,6 @@ def test_a_hard_problem_stopped_after_its_first_line_is_wrong():
             assert not verify_answer(f"\\boxed{{{apply(move, text)}}}", str(problem.answer))
 
 
-def test_splits_are_disjoint_and_evaluation_problems_distinct():
-    sets = {
-        split: [p.question for p in generate_problems(60, {1: 0.5, 2: 0.5}, split=split, task=REARRANGE)]
-        for split in ("train", "validation", "held_out")
-    }
-    assert all(split_of(question) == split for split, questions in sets.items() for question in questions)
-    assert len(set(sets["validation"])) == len(sets["validation"]) == 60
-    assert not set(sets["train"]) & set(sets["held_out"]) and not set(sets["train"]) & set(sets["validation"])
-
-
 def test_pretraining_shows_easy_questions_and_line_completions_never_a_hard_question():
     settings = base_model_settings(task=REARRANGE, line_completion_fraction=0.5)
     examples = base_model.pretraining_examples(settings, 60)
