@@ -2,8 +2,8 @@
 HPT against the paper's baselines on a built-in task: premise checks, equal tuning, then seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/compare_methods.py --seeds 0 1 2
-    OMP_NUM_THREADS=1 python benchmarks/compare_methods.py --task builtin:rearrange \
-        --results benchmarks/results/compare_methods_rearrange.json
+    OMP_NUM_THREADS=1 python benchmarks/compare_methods.py --task builtin:rearrange --methods hpt sft grpo \
+        --rates_from benchmarks/results/compare_methods.json --results benchmarks/results/compare_methods_rearrange.json
 
 1. **The premise.** Before any method is compared, the base model's greedy accuracy on the held-out easy and hard
    problems is measured, and after the runs the SFT and GRPO rows are checked against what the paper's claim
@@ -14,7 +14,8 @@ HPT against the paper's baselines on a built-in task: premise checks, equal tuni
 2. **Equal tuning.** Every method, HPT included, gets the same budget: the three learning rates of `LEARNING_RATES`,
    each trained with the tuning seed (the first of `--seeds`) and scored on the validation split (greedy accuracy over
    easy and hard problems, a split disjoint from both the training and the held-out problems). The setting with
-   the best validation accuracy is the method's; the table prints it.
+   the best validation accuracy is the method's; the table prints it. With `--rates_from`, each method keeps the rate
+   it chose in another comparison's results (the second task takes the arithmetic task's), and nothing is tuned.
 3. **The comparison.** The chosen setting of every method is trained with every seed and scored on the held-out
    split: greedy accuracy on `--num_eval` problems per level (easy, hard, and their mean), and pass@k for k = 1, 4, 16
    from 16 samples at temperature 1 on the first `--num_sampled` of them, as mean and standard deviation over seeds;
@@ -305,6 +306,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=list(LEARNING_RATES),
         help="the tuning budget of every method (a shorter list for a quick look, not for the table)",
     )
+    parser.add_argument(
+        "--rates_from",
+        default=None,
+        help="another comparison's results file: each method keeps the learning rate chosen there, no tuning here",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the first one is the tuning seed")
     parser.add_argument("--num_eval", type=int, default=400, help="validation and held-out problems per level")
     parser.add_argument("--num_sampled", type=int, default=100, help="of them, problems per level for pass@k")
@@ -355,13 +361,21 @@ def main(argv: list[str] | None = None) -> dict:
     print("Premise, the base model (held-out greedy):")
     print(format_premise(premise_checks(base, {})), flush=True)
 
+    # Transferred rates were chosen on the other comparison's validation split, at its tuning seed (the first of
+    # --seeds here too).
+    tuned = json.loads(Path(args.rates_from).read_text())["runs"] if args.rates_from else results
     chosen = {}
     for method in args.methods:
-        for rate in args.learning_rates:
+        for rate in args.learning_rates if not args.rates_from else ():
             ensure(method, tuning_seed, rate)
-        chosen[method] = chosen_setting(results, method, tuning_seed, tuple(args.learning_rates))
+        chosen[method] = chosen_setting(tuned, method, tuning_seed, tuple(args.learning_rates))
+        if chosen[method] is None:
+            raise ValueError(
+                f"{args.rates_from} has no run of {method} at seed {tuning_seed} for every learning rate of "
+                f"{args.learning_rates}: tune it there first, or leave out --rates_from to tune on this task."
+            )
         print(f"{method}: learning rate {chosen[method]} chosen on the validation split", file=sys.stderr)
-    for seed in args.seeds[1:]:
+    for seed in args.seeds:
         for method in args.methods:
             ensure(method, seed, chosen[method])
     final = {
@@ -376,8 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
     checks = premise_checks(base, final)
     print(f"\nPremise checks (held-out greedy, mean over {len(args.seeds)} seeds):")
     print(format_premise(checks))
-    print(f"\nTuning: validation greedy accuracy at seed {tuning_seed} (the chosen learning rate in bold):\n")
-    print(tuning_table(results, chosen, tuning_seed, args.learning_rates))
+    source = f" of {args.rates_from}" if args.rates_from else ""
+    print(f"\nTuning{source}: validation greedy accuracy at seed {tuning_seed} (the chosen learning rate in bold):\n")
+    print(tuning_table(tuned, chosen, tuning_seed, args.learning_rates))
     print(f"\nHeld-out accuracy on {args.task}, {len(args.seeds)} seeds (mean ± std):\n")
     print(summarize(base, final, chosen))
     return {"base": base, "final": final, "chosen": chosen, "premise": checks}

@@ -112,16 +112,28 @@ def test_the_second_task_runs_through_the_same_comparison(tmp_path, capsys):
     assert set(row["held_out"]) == {"easy", "hard", "greedy", "pass@1", "pass@4", "pass@16"}
 
 
-def test_the_rearrangement_task_runs_on_its_shipped_base(tmp_path, base_cache):
+def test_the_rearrangement_task_runs_on_its_shipped_base_with_transferred_rates(tmp_path, base_cache, capsys):
     benchmark = load_benchmark("compare_methods")
-    argv = ["--task", "builtin:rearrange", "--methods", "grpo", "--learning_rates", "1e-3", "--seeds", "0"]
-    argv += ["--num_eval", "8", "--num_sampled", "4", "--output_dir", str(tmp_path)]
+    # Another comparison's tuning runs (validation scores only): grpo chose 1e-3 there.
+    tuned = [
+        {"method": "grpo", "seed": 0, "learning_rate": rate, "validation": {"greedy": score}}
+        for rate, score in (("3e-4", 0.4), ("1e-3", 0.5), ("3e-3", 0.1))
+    ]
+    (tmp_path / "arithmetic.json").write_text(json.dumps({"runs": tuned}))
+    argv = ["--task", "builtin:rearrange", "--methods", "grpo", "--rates_from", str(tmp_path / "arithmetic.json")]
+    argv += ["--seeds", "0", "--num_eval", "8", "--num_sampled", "4", "--output_dir", str(tmp_path)]
     outcome = benchmark.main([*argv, "--", *reduced(base_cache)])
     assert outcome["chosen"] == {"grpo": "1e-3"}
+    assert "| grpo | 0.400 | **0.500** | 0.100 |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "results.json").read_text())
+    # One run, at the transferred rate: nothing tuned on this task.
+    assert [(r["method"], r["seed"], r["learning_rate"]) for r in saved["runs"]] == [("grpo", 0, "1e-3")]
     assert saved["base"]["task"] == "builtin:rearrange"
     assert saved["base"]["fingerprint"] == benchmark.base_fingerprint(SHIPPED_BASES[1])
     assert not list(base_cache.iterdir())  # nothing pretrained
+    # A method the other comparison did not tune is refused, naming it.
+    with pytest.raises(ValueError, match="no run of sft at seed 0"):
+        benchmark.main([*argv[:3], "sft", *argv[4:], "--", *reduced(base_cache)])
 
 
 def test_the_setting_is_chosen_on_validation_accuracy_only():
