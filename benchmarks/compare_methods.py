@@ -293,6 +293,7 @@ def plot(final: dict[str, list[dict]], path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)  # a reprint from a results file trains nothing into it
     figure.savefig(path, dpi=110)
 
 
