@@ -49,6 +49,7 @@ from hpt_trl.checkpoints import (
     has_final_model,
 )
 from hpt_trl.data import HPTScriptArguments, load_hpt_dataset
+from hpt_trl.demonstrations import DEMONSTRATION_COLUMN, tokenize_demonstrations
 from hpt_trl.rewards import get_reward_funcs
 from hpt_trl.run_callbacks import CompactPrinterCallback, CompactProgressCallback, MetricsFileCallback
 
@@ -127,8 +128,9 @@ def check_model_name(script_args: HPTScriptArguments, model_args: ModelConfig) -
 
 def check_completion_budget(training_args: HPTConfig, tokenizer, train_dataset, dataset_name: str) -> None:
     """A built-in task's answer ends its demonstration: a rollout budget shorter than the longest one cuts it off."""
-    lengths = tokenizer(list(train_dataset["demonstration"]), add_special_tokens=False)["input_ids"]
-    longest = max(len(ids) for ids in lengths) + 1  # the EOS the trainer appends
+    # Tokenized as the trainer tokenizes them (EOS appended), so "longest" is the length its truncation compares.
+    token_ids, _ = tokenize_demonstrations(train_dataset[DEMONSTRATION_COLUMN], tokenizer, max_length=None)
+    longest = max(len(ids) for ids in token_ids)
     if training_args.max_completion_length < longest:
         raise ValueError(
             f"max_completion_length={training_args.max_completion_length} is shorter than the longest demonstration "
