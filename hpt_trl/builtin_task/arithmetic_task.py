@@ -187,6 +187,30 @@ def is_held_out(expression: str) -> bool:
     return split_of(expression) == HELD_OUT_SPLIT
 
 
+def easy_training_example(task: ChainTask, rng: random.Random) -> tuple[str, str, str] | None:
+    """An easy training problem in full as a pretraining example `(question, "", demonstration)`; None off the split."""
+    problem = task.sample_problem(rng, EASY_DIFFICULTY)
+    if split_of(problem.expression) != TRAIN_SPLIT:
+        return None
+    return problem.question, "", problem.demonstration
+
+
+def line_completion_example(
+    chain: ChainProblem, first_step: ChainProblem, separator: str
+) -> tuple[str, str, str] | None:
+    """
+    The pretraining example that finishes the second line of the two-step `chain`, asked as its easy `first_step`:
+    `(first_step.question, first line + second line up to its separator, rest of the second line + boxed answer)`.
+    None when either problem is outside the training split: the hard problem itself is never asked, and neither is a
+    validation or held-out question.
+    """
+    if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_step.expression) != TRAIN_SPLIT:
+        return None
+    first_line, second_line, _ = chain.demonstration.split("\n")
+    second_start, value = second_line.split(separator)
+    return first_step.question, f"{first_line}\n{second_start}{separator}", f"{value}\n\\boxed{{{value}}}"
+
+
 def render_question(expression: str, rng: random.Random | None = None) -> str:
     """
     The question of `expression`: the expression, `=`, then 0 to `MAX_FILLER_LETTERS` lowercase letters, drawn from

@@ -38,7 +38,13 @@ learns.
 import random
 from dataclasses import dataclass
 
-from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, TRAIN_SPLIT, ChainProblem, split_of
+from .arithmetic_task import (
+    EASY_DIFFICULTY,
+    HARD_DIFFICULTY,
+    ChainProblem,
+    easy_training_example,
+    line_completion_example,
+)
 
 
 @dataclass(frozen=True)
@@ -96,19 +102,11 @@ class LookupTask:
         outside the training split (the caller draws again).
         """
         if not line_completion:
-            problem = self.sample_problem(rng, EASY_DIFFICULTY)
-            if split_of(problem.expression) != TRAIN_SPLIT:
-                return None
-            return problem.question, "", problem.demonstration
+            return easy_training_example(self, rng)
         table = self._table(rng)
         start = rng.randrange(self.num_symbols)
         chain, first_step = self._problem(table, start, HARD_DIFFICULTY), self._problem(table, start, EASY_DIFFICULTY)
-        # The hard problem itself is never asked, and neither is a validation or held-out question.
-        if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_step.expression) != TRAIN_SPLIT:
-            return None
-        first_line, second_line, _ = chain.demonstration.split("\n")
-        second_start, value = second_line.split(">")
-        return first_step.question, f"{first_line}\n{second_start}>", f"{value}\n\\boxed{{{value}}}"
+        return line_completion_example(chain, first_step, separator=">")
 
 
 # The built-in lookup task: a permutation of the ten digits.

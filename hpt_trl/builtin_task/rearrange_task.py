@@ -38,7 +38,13 @@ graded by its functions: pass `task=REARRANGE` to them.
 import random
 from dataclasses import dataclass
 
-from .arithmetic_task import EASY_DIFFICULTY, HARD_DIFFICULTY, TRAIN_SPLIT, ChainProblem, split_of
+from .arithmetic_task import (
+    EASY_DIFFICULTY,
+    HARD_DIFFICULTY,
+    ChainProblem,
+    easy_training_example,
+    line_completion_example,
+)
 
 
 # What each move does to a string.
@@ -106,18 +112,9 @@ class RearrangeTask:
         touches a problem outside the training split (the caller draws again).
         """
         if not line_completion:
-            problem = self.sample_problem(rng, EASY_DIFFICULTY)
-            if split_of(problem.expression) != TRAIN_SPLIT:
-                return None
-            return problem.question, "", problem.demonstration
+            return easy_training_example(self, rng)
         text, moves = self._draw(rng, HARD_DIFFICULTY)
-        chain, first_step = self._problem(text, moves), self._problem(text, moves[0])
-        # The hard problem itself is never asked, and neither is a validation or held-out question.
-        if split_of(chain.expression) != TRAIN_SPLIT or split_of(first_step.expression) != TRAIN_SPLIT:
-            return None
-        first_line, second_line, _ = chain.demonstration.split("\n")
-        second_move, value = second_line.split(":")
-        return first_step.question, f"{first_line}\n{second_move}:", f"{value}\n\\boxed{{{value}}}"
+        return line_completion_example(self._problem(text, moves), self._problem(text, moves[0]), separator=":")
 
 
 # The built-in rearrangement task: six different digits, three moves.
