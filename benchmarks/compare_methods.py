@@ -175,7 +175,9 @@ def train_run(
         + ["--learning_rate", learning_rate, "--output_dir", str(output_dir), "--plot", "false"]
         # The curve during training is measured on the validation split: the held-out split is scored once, at the
         # end, by `score`.
-        + ["--task_eval_split", VALIDATION_SPLIT, "--disable_tqdm", "true", *settings, *extra]
+        + ["--task_eval_split", VALIDATION_SPLIT, "--disable_tqdm", "true", *settings]
+        # One torch thread a run: the comparison runs two at a time on two cores (and its runs were all made so).
+        + ["--task_num_threads", "1", *extra]
     )
     start = time.perf_counter()
     train_script.main(*arguments)

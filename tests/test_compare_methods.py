@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+import torch
 from hpt_testing import load_benchmark
 
 from hpt_trl.builtin_task.base_model import SHIPPED_BASE, SHIPPED_BASES
@@ -33,7 +34,14 @@ def test_the_premise_is_measured_on_the_base_and_printed_with_the_runs(tmp_path,
     monkeypatch.setattr(benchmark, "LEARNING_RATES", ("1e-3", "1e-4"))
     argv = ["--methods", "sft", "grpo", "--seeds", "0", "1", "--num_eval", "200", "--num_sampled", "20"]
     argv += ["--output_dir", str(tmp_path)]
-    outcome = benchmark.main([*argv, "--", *reduced(base_cache)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        outcome = benchmark.main([*argv, "--", *reduced(base_cache)])
+        # One torch thread a run, not the demo's two: the comparison runs two side by side on two cores.
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
 
     # The base: what the paper's claim presupposes holds for the demo's base model.
